@@ -1,0 +1,229 @@
+"""Every setting of the pipeline and its default, as nested frozen dataclasses.
+
+YAML files hold only the values that differ from these defaults; ``--set a.b=c`` overrides
+one value from the command line (the value is parsed as YAML, so ``--set preprocess.image_size=128``
+gives an int). The resolved configuration is saved in every run folder and every checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from npc_msom.errors import ConfigError
+
+SEQUENCES: tuple[str, ...] = ("T1WI", "T2WI", "CE-T1WI")
+STRUCTURES: tuple[str, ...] = ("GTV", "GTVln")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    patients: int = 60
+    seed: int = 2024
+    # share of patients with MSOM (study: 85/186)
+    msom_fraction: float = 85 / 186
+
+
+@dataclass(frozen=True)
+class CohortConfig:
+    # Series classification: the first sequence whose any pattern (case-insensitive regular
+    # expression) matches SeriesDescription or ProtocolName wins; CE-T1WI is tried first because
+    # "T1" also matches its descriptions. Contrast agent tags also mark a T1 series as CE-T1WI.
+    sequence_patterns: dict[str, tuple[str, ...]] = field(default_factory=lambda: {
+        "CE-T1WI": (r"\+\s*c\b", r"\bce[-_ ]?t1", r"t1.*(post|gd|gad|contrast|\+c|enh|ce\b|fs.*c\b)",
+                    r"(post|gd|gad|contrast).*t1", r"\bt1c\b", r"t1[-_ ]?ce\b", r"vibe.*(post|c\b)"),
+        "T2WI": (r"\bt2", r"stir"),
+        "T1WI": (r"\bt1",),
+    })
+    # descriptions ignored outright (with a note in the manifest)
+    ignore_patterns: tuple[str, ...] = (r"local", r"survey", r"scout", r"calib", r"\bdwi\b",
+                                        r"\badc\b", r"\bflair\b", r"\bmra?\b.*tof")
+    # ROI name -> structure; matched case-insensitively on names with spaces, '-' and '_' removed.
+    roi_patterns: dict[str, tuple[str, ...]] = field(default_factory=lambda: {
+        "GTVln": (r"^gtv(ln|nd|n|node|nodes|lymph|lnd|rpn|rp)(l|r|left|right)?\d*$",
+                  r"^gtvn\d+$", r"^gtv(l|r)?n\d*$", r"^ln\d*$", r"^gtvln\w*$", r"^gtvnd\w*$"),
+        "GTV": (r"^gtv$", r"^gtv(nx|p|t|primary|tumou?r|np)\d*$", r"^gtvnx\w*$", r"^gtvp\w*$"),
+    })
+    # NIfTI layouts: a folder per patient; file name patterns (glob) per sequence
+    nifti_image_patterns: dict[str, tuple[str, ...]] = field(default_factory=lambda: {
+        "T1WI": ("T1_img.nii*", "t1.nii*", "T1.nii*", "*_T1.nii*"),
+        "T2WI": ("T2_img.nii*", "t2.nii*", "T2.nii*", "*_T2.nii*"),
+        "CE-T1WI": ("T1C_img.nii*", "CE-T1_img.nii*", "t1c.nii*", "T1C.nii*", "*_T1C.nii*", "*_CE-T1.nii*"),
+    })
+    nifti_label_suffix: str = "_mask"  # T1_img.nii.gz -> T1_mask.nii.gz; label 1 = GTV, 2 = GTVln
+    required_sequences: tuple[str, ...] = SEQUENCES
+    skip_bad: bool = False
+    max_gap_factor: float = 1.5  # a slice gap above this x median spacing is a missing slice
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    sequences: tuple[str, ...] = SEQUENCES
+    spacing_mm: float = 1.0
+    # robust intensity window inside the body (percentiles), mapped to 1..255
+    intensity_percentiles: tuple[float, float] = (0.5, 99.5)
+    image_size: int = 512
+    neighbours: int = 0           # also keep this many slices above and below the tumour
+    negatives_per_patient: int = 0  # tumour-free slices kept as negatives
+    slice_step: int = 1           # keep every n-th tumour slice (1 mm slices are highly redundant)
+    image_format: str = "png"     # "png" (lossless) or "jpg" (as in the study)
+    val_fraction: float = 46 / 186
+    folds: int = 0                # >0: repeated stratified k-fold instead of one split
+    repeats: int = 1
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    backbone: str = "resnet50"   # resnet18 | resnet34 | resnet50
+    weights: str | None = None   # local file with backbone or full-model weights
+    epochs: int = 24
+    batch_size: int = 4
+    lr: float = 0.01             # MMDetection 0.02 for batch 16 -> 0.005 linear-scaled to 4; 2x
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 500
+    lr_steps: tuple[int, ...] = (16, 22)
+    rpn_nms: float = 0.7
+    box_nms: float = 0.5
+    score_threshold: float = 0.05
+    augment: bool = True
+    amp: bool = True
+    workers: int = 0
+    deterministic: bool = False
+    max_train_images: int = 0    # 0 = all
+
+
+@dataclass(frozen=True)
+class PredictionConfig:
+    epochs: int = 20
+    batch_size: int = 2
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    feature_level: str = "P3"
+    fusion: bool = True
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    ci_method: str = "delong"
+    bootstrap_resamples: int = 2000
+    level: float = 0.95
+    survival_time_months: float = 36.0
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "default"
+    seed: int = 0
+    device: str = "auto"
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    cohort: CohortConfig = field(default_factory=CohortConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+    prediction: PredictionConfig = field(default_factory=PredictionConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain dict/list form of a config (tuples become lists), ready for YAML or JSON."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        return tuple(_coerce(item, v, where) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {k: _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected int, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict, where: str = "config") -> Any:
+    """Build dataclass ``cls`` from a (partial) dict; unknown keys are an error."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("sequence_patterns",
+                                                                           "roi_patterns",
+                                                                           "nifti_image_patterns"):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """``"a.b=c"`` -> ``{"a": {"b": <c parsed as YAML>}}``."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected the form section.key=value")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file (if any), then ``--set`` overrides."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p}: expected a mapping at the top level")
+        data = loaded
+    for o in overrides:
+        data = _merge(data, parse_override(o))
+    return from_dict(Config, data)
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

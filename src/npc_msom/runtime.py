@@ -1,0 +1,123 @@
+"""Device choice, seeding, environment record, atomic writes, logging and progress bars."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import random
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str = "auto"):
+    """'auto' -> cuda if available else cpu. Call once at an entry point and pass it down."""
+    import torch
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """Seeds NumPy and random in a DataLoader worker from torch's per-worker seed."""
+    import torch
+    s = torch.initial_seed() % (2**32)
+    np.random.seed(s)
+    random.seed(s)
+
+
+def environment_record() -> dict:
+    env = {"python": sys.version.split()[0], "platform": platform.platform(),
+           "processor": platform.processor(), "cpu_count": os.cpu_count()}
+    for mod in ("numpy", "torch", "torchvision", "SimpleITK", "pydicom", "pycocotools", "lifelines",
+                "sklearn", "pandas"):
+        try:
+            m = __import__(mod)
+            env[mod] = getattr(m, "__version__", getattr(m, "Version", lambda: "?")() if mod == "SimpleITK" else "?")
+        except Exception:  # noqa: BLE001 - a missing optional module is just recorded
+            env[mod] = None
+    try:
+        import torch
+        env["cuda"] = torch.cuda.is_available()
+        if env["cuda"]:
+            env["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:  # pragma: no cover
+        pass
+    return env
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary path beside ``path``; renamed into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def progress(iterable: Iterable, **kwargs):
+    """tqdm progress bar, switched off when not on a terminal or in CI."""
+    from tqdm.auto import tqdm
+    disable = kwargs.pop("disable", None)
+    if disable is None:
+        disable = bool(os.environ.get("CI")) or not sys.stderr.isatty()
+    return tqdm(iterable, disable=disable, **kwargs)
+
+
+def setup_logging(level: int = logging.INFO, log_file: str | Path | None = None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=handlers, force=True)

@@ -1,0 +1,36 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from npc_msom.config import Config, dump_config, load_config, from_dict, to_dict
+from npc_msom.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_presets_load_and_differ_from_defaults():
+    demo = load_config(ROOT / "configs" / "demo.yaml")
+    paper = load_config(ROOT / "configs" / "paper.yaml")
+    assert demo.detection.backbone == "resnet18" and paper.detection.backbone == "resnet50"
+    assert paper.preprocess.image_size == 512
+    assert isinstance(demo.detection.lr_steps, tuple)
+
+
+def test_override_is_parsed_as_yaml_and_typed():
+    c = load_config(None, ["preprocess.image_size=96", "detection.lr=0.5", "name=x"])
+    assert c.preprocess.image_size == 96 and c.detection.lr == 0.5 and c.name == "x"
+
+
+def test_unknown_and_mistyped_settings_are_errors():
+    with pytest.raises(ConfigError, match="unknown setting"):
+        load_config(None, ["preprocess.imagesize=96"])
+    with pytest.raises(ConfigError, match="expected int"):
+        load_config(None, ["preprocess.image_size=big"])
+
+
+def test_round_trip_through_yaml():
+    c = load_config(ROOT / "configs" / "demo.yaml", ["seed=7"])
+    again = from_dict(Config, yaml.safe_load(dump_config(c)))
+    assert again == c
+    assert to_dict(again)["seed"] == 7
