@@ -1,0 +1,74 @@
+"""The stages in order, each reading the previous stage's artifacts from the run folder.
+
+``run`` is resumable: the cohort manifest is rewritten (cheap), preprocessing skips the patients it
+has finished, and detection resumes from its last checkpoint or is skipped when complete.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from npc_msom.config import Config, dump_config
+from npc_msom.runtime import environment_record, setup_logging, write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    stages: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"run_dir": str(self.run_dir), "stages": self.stages}
+
+
+def start_run(config: Config, run_dir: str | Path) -> Path:
+    """Create the run folder with config.yaml, env.json and a log file."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", dump_config(config))
+    write_json_atomic(run_dir / "env.json", environment_record())
+    setup_logging(log_file=run_dir / "log.txt")
+    return run_dir
+
+
+def load_cohort_stage(config: Config, cohort_dir: str | Path, run_dir: Path, clinical: str | Path | None = None):
+    """Read the cohort (headers only) and write ``cohort/manifest.json``."""
+    from npc_msom.cohort import load_cohort
+    cohort = load_cohort(cohort_dir, config.cohort, clinical=clinical)
+    write_json_atomic(run_dir / "cohort" / "manifest.json", cohort.manifest)
+    log.info("cohort: %d usable patients from %s", len(cohort.patient_ids), cohort_dir)
+    return cohort
+
+
+def preprocess_stage(config: Config, cohort, run_dir: Path):
+    from npc_msom.preprocess import preprocess
+    return preprocess(config, cohort, run_dir / "preprocessed")
+
+
+def detection_stage(config: Config, run_dir: Path, sequences=None, resume: bool = True) -> dict:
+    from npc_msom.detection import train_detector_for_run
+    out = {}
+    for seq in sequences or config.preprocess.sequences:
+        out[seq] = train_detector_for_run(config, run_dir, seq, resume=resume)
+    return out
+
+
+def run(config: Config, cohort_dir: str | Path, run_dir: str | Path, *,
+        clinical: str | Path | None = None, stages: tuple[str, ...] = ("preprocess", "detection")) -> RunResult:
+    """Everything built so far, in order: cohort -> preprocess -> detection."""
+    run_dir = start_run(config, run_dir)
+    done: dict = {}
+    cohort = load_cohort_stage(config, cohort_dir, run_dir, clinical)
+    done["cohort"] = {"patients": len(cohort.patient_ids)}
+    if "preprocess" in stages:
+        res = preprocess_stage(config, cohort, run_dir)
+        done["preprocess"] = {"images": res.n_images, "annotations": res.n_annotations}
+    if "detection" in stages:
+        det = detection_stage(config, run_dir)
+        done["detection"] = {seq: getattr(r, "metrics", None) for seq, r in det.items()}
+    result = RunResult(run_dir, done)
+    write_json_atomic(run_dir / "run_summary.json", result.to_dict())
+    return result
