@@ -1,0 +1,1 @@
+"""Report: figures, the HTML report and Table 1."""

@@ -1,0 +1,14 @@
+"""Survival statistics on lifelines: Kaplan–Meier, log-rank, rates at a time point, Cox, C-index.
+
+Times are in months (``time_months``); events are 0/1 (1 = metastasis for DMFS, death for OS).
+Confidence intervals of Kaplan–Meier curves default to R ``survfit``'s "log" type, so printed
+numbers agree with R; ``ci_type="log-log"`` gives lifelines' and SAS's intervals.
+"""
+from .cox import CoxResult, cox_ph, cox_risk_group, harrell_c
+from .km import (KMCurve, KMResult, LogRankResult, SurvivalRate, kaplan_meier,
+                 logrank_test)
+
+__all__ = [
+    "CoxResult", "KMCurve", "KMResult", "LogRankResult", "SurvivalRate", "cox_ph", "cox_risk_group",
+    "harrell_c", "kaplan_meier", "logrank_test",
+]
