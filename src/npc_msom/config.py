@@ -35,7 +35,7 @@ class CohortConfig:
     # expression) matches SeriesDescription or ProtocolName wins; CE-T1WI is tried first because
     # "T1" also matches its descriptions. Contrast agent tags also mark a T1 series as CE-T1WI.
     sequence_patterns: dict[str, tuple[str, ...]] = field(default_factory=lambda: {
-        "CE-T1WI": (r"\+\s*c\b", r"\bce[-_ ]?t1", r"t1.*(post|gd|gad|contrast|\+c|enh|ce\b|fs.*c\b)",
+        "CE-T1WI": (r"\+\s*c\b", r"\bce[-_ ]?t1", r"t1.*(post|gd|gad|contrast|\+c|enh|\bce\b|fs.*c\b)",
                     r"(post|gd|gad|contrast).*t1", r"\bt1c\b", r"t1[-_ ]?ce\b", r"vibe.*(post|c\b)"),
         "T2WI": (r"\bt2", r"stir"),
         "T1WI": (r"\bt1",),
@@ -83,20 +83,40 @@ class DetectionConfig:
     backbone: str = "resnet50"   # resnet18 | resnet34 | resnet50
     weights: str | None = None   # local file with backbone or full-model weights
     epochs: int = 24
-    batch_size: int = 4
-    lr: float = 0.01             # MMDetection 0.02 for batch 16 -> 0.005 linear-scaled to 4; 2x
+    batch_size: int = 4          # total over all processes (torchrun splits it)
+    lr: float = 0.005            # MMDetection 0.02 for batch 16 -> 0.005 linear-scaled to 4; 2x
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_iters: int = 500
+    warmup_ratio: float = 0.001  # MMDetection: linear warm-up from lr x 0.001
     lr_steps: tuple[int, ...] = (16, 22)
+    lr_gamma: float = 0.1
     rpn_nms: float = 0.7
     box_nms: float = 0.5
     score_threshold: float = 0.05
+    detections_per_image: int = 100
+    # anchors: empty = MMDetection's 32..512 px (one size per level P2..P6) at its 800 px input,
+    # scaled to our input size (never below the level's stride); x ratios below
+    anchor_sizes: tuple[float, ...] = ()
+    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    # grey levels scaled to 0..1, then (x - mean) / std on each of the three identical channels;
+    # 1..255 MR slices are mostly dark (two real T2WI slices: mean 0.13, std 0.18), unlike
+    # ImageNet's RGB statistics
+    pixel_mean: float = 0.15
+    pixel_std: float = 0.2
+    norm: str = "auto"           # auto | batch | frozen; auto = frozen with weights, else batch
+    trainable_layers: int = -1   # -1 = 3 with weights (MMDetection frozen_stages=1), else 5
+    fpn_channels: int = 256      # FPN and mask-head width (256 in the study; smaller in tests)
+    box_batch_size: int = 512    # RoIs sampled per image for the box head (MMDetection: 512)
     augment: bool = True
-    amp: bool = True
+    flip_prob: float = 0.5
+    intensity_jitter: float = 0.1  # gamma in [1/(1+2j), 1+2j], contrast 1 +- j, brightness +- j/2
+    grad_clip: float = 0.0       # max gradient norm; 0 = none (as MMDetection's Mask R-CNN)
+    amp: bool = True             # mixed precision, used on CUDA only
     workers: int = 0
     deterministic: bool = False
     max_train_images: int = 0    # 0 = all
+    eval_every: int = 1          # validation AP every n epochs (and always after the last)
 
 
 @dataclass(frozen=True)

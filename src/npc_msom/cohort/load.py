@@ -1,0 +1,707 @@
+"""``load_cohort``: index a cohort folder (DICOM and/or NIfTI + clinical table) without pixels.
+
+Only headers, structure sets and label maps are read while indexing (one file at a time), so
+memory does not grow with the cohort; ``Cohort.load_patient`` reads one patient's pixels and
+rasterises its masks on demand.
+
+Bad input raises the matching ``InputError`` subclass naming the patient and the file; with
+``CohortConfig.skip_bad`` the patient is recorded in ``manifest["skipped"]`` instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+
+from npc_msom.cohort import clinical as clin
+from npc_msom.cohort import dicom as dcm
+from npc_msom.cohort import nifti as nii
+from npc_msom.cohort.model import Patient, Series
+from npc_msom.cohort.rtstruct import (StructureSet, looks_like_tumour, masks_on_grid,
+                                      read_structure_set, structures_of)
+from npc_msom.config import SEQUENCES, CohortConfig, to_dict
+from npc_msom.errors import (ClinicalTableError, CohortError, DicomError, InputError, NiftiError,
+                             RTStructError)
+from npc_msom.runtime import progress, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class _DicomSequence:
+    series: dcm.SeriesIndex
+    rtstruct_paths: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class _Entry:
+    patient_id: str
+    source: str                                    # "dicom" | "nifti"
+    dicom: dict[str, _DicomSequence] = field(default_factory=dict)
+    nifti: nii.NiftiPatient | None = None
+
+
+@dataclass
+class Cohort:
+    """An indexed cohort. Pixels are read per patient by ``load_patient``.
+
+    patient_ids: sorted IDs of the usable patients.
+    clinical: validated clinical table of those patients, indexed by ``patient_id`` (empty with
+        the schema's columns if the cohort has no table).
+    manifest: JSON-ready record of what was found, ignored and skipped (see ``manifest_schema``
+        in the module docs of ``npc_msom.cohort``).
+    """
+    root: Path
+    config: CohortConfig
+    patient_ids: list[str]
+    clinical: pd.DataFrame
+    manifest: dict
+    _entries: dict[str, _Entry] = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.patient_ids)
+
+    @property
+    def skip_bad(self) -> bool:
+        """Whether bad input is recorded and skipped (``CohortConfig.skip_bad``) or raised."""
+        return bool(self.config.skip_bad)
+
+    def load_patient(self, patient_id: str) -> Patient:
+        """Read one patient's images and masks: Series per sequence, clinical dict, Outcome."""
+        entry = self._entries.get(patient_id)
+        if entry is None:
+            skipped = [s for s in self.manifest.get("skipped", []) if s.get("patient") == patient_id]
+            why = f" (skipped: {skipped[0]['message']})" if skipped else ""
+            raise CohortError(f"patient {patient_id!r} is not a usable patient of this cohort{why}",
+                              patient=patient_id, file=self.root,
+                              expected=f"one of {len(self.patient_ids)} patient IDs")
+        if entry.source == "nifti":
+            series = _load_nifti(entry)
+        else:
+            series = _load_dicom(entry, self.config)
+        rec = clin.clinical_record(self.clinical, patient_id)
+        return Patient(patient_id=patient_id, series=series, clinical=rec,
+                       outcome=clin.outcome_from_record(rec))
+
+    def iter_patients(self) -> Iterator[Patient]:
+        """Patients one at a time, in ``patient_ids`` order."""
+        for pid in self.patient_ids:
+            yield self.load_patient(pid)
+
+    def write_manifest(self, path: str | Path) -> None:
+        write_json_atomic(path, self.manifest)
+
+    def summary(self) -> str:
+        return format_manifest(self.manifest)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading pixels
+# ---------------------------------------------------------------------------------------------
+def _parse_rtstruct(path: Path, config: CohortConfig, patient: str) -> StructureSet:
+    """Read and parse one RTSTRUCT; any reader failure becomes an RTStructError naming the file."""
+    try:
+        return read_structure_set(dcm.read_header(path, patient=patient), path, config, patient=patient)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - malformed values surface as many exception types
+        raise RTStructError(f"cannot parse the RTSTRUCT ({type(exc).__name__}: {exc})", patient=patient,
+                            file=path, expected="a readable DICOM RT Structure Set") from None
+
+
+def _read_sets(paths: list[Path], config: CohortConfig, patient: str) -> list[StructureSet]:
+    return [_parse_rtstruct(p, config, patient) for p in paths]
+
+
+def _load_dicom(entry: _Entry, config: CohortConfig) -> dict[str, Series]:
+    out: dict[str, Series] = {}
+    for seq in SEQUENCES:
+        if seq not in entry.dicom:
+            continue
+        ds = entry.dicom[seq]
+        s = ds.series
+        image = dcm.read_volume(s)
+        masks: dict = {}
+        warnings = list(s.warnings)
+        if ds.rtstruct_paths:
+            sets = _read_sets(ds.rtstruct_paths, config, entry.patient_id)
+            masks, _, w = masks_on_grid(sets, s.stack, s.plan, missing_positions_mm=s.missing_positions_mm,
+                                        missing_grid_index=s.missing_grid_index, patient=entry.patient_id)
+            warnings.extend(w)
+        out[seq] = Series(sequence=seq, image=image, geometry=s.geometry, masks=masks,
+                          series_uid=s.series_uid, description=s.description,
+                          source=dcm.series_summary(s)["folder"], warnings=warnings)
+    return out
+
+
+def _load_nifti(entry: _Entry) -> dict[str, Series]:
+    out: dict[str, Series] = {}
+    for seq in SEQUENCES:
+        if entry.nifti is None or seq not in entry.nifti.sequences:
+            continue
+        ns = entry.nifti.sequences[seq]
+        image, geometry, masks = nii.load_sequence(ns, patient=entry.patient_id)
+        out[seq] = Series(sequence=seq, image=image, geometry=geometry, masks=masks, series_uid="",
+                          description=ns.image_path.name, source=str(ns.image_path),
+                          warnings=list(ns.warnings))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Indexing
+# ---------------------------------------------------------------------------------------------
+def _walk(root: Path) -> list[Path]:
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                out.append(Path(dirpath) / name)
+    return out
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _owner_by_folder(root: Path, owned: list[tuple[Path, str]]) -> dict[Path, set[str]]:
+    """Folder -> patient IDs of the readable files below it (up to ``root``)."""
+    out: dict[Path, set[str]] = {}
+    for path, pid in owned:
+        d = path.parent
+        while True:
+            out.setdefault(d, set()).add(pid)
+            if d == root or d.parent == d:
+                break
+            d = d.parent
+    return out
+
+
+def _attribute(path: Path, root: Path, owners: dict[Path, set[str]]) -> str | None:
+    """The one patient whose files share the nearest folder with ``path``, if unambiguous."""
+    d = path.parent
+    while True:
+        pids = owners.get(d)
+        if pids:
+            return next(iter(pids)) if len(pids) == 1 else None
+        if d == root or d.parent == d:
+            return None
+        d = d.parent
+
+
+def _norm_name(name: str) -> str:
+    return " ".join(name.replace("^", " ").upper().split())
+
+
+def _check_one_person(pid: str, files: list[tuple[Path, str, str]]) -> None:
+    """files: (path, PatientName, PatientBirthDate). CohortError if they describe two people."""
+    for what, idx in (("names", 1), ("birth dates", 2)):
+        seen: dict[str, Path] = {}
+        for f in files:
+            v = _norm_name(f[idx]) if idx == 1 else f[idx].strip()
+            if v and v not in seen:
+                seen[v] = f[0]
+        if len(seen) > 1:
+            (v1, p1), (v2, p2) = list(seen.items())[:2]
+            raise CohortError(f"duplicate patient ID: {pid!r} is used with different patient {what} "
+                              f"({v1!r} in {p1}, {v2!r} in {p2})", patient=pid, file=p2,
+                              expected="one patient per PatientID (rename one of them)")
+
+
+def _choose(cands: list[tuple[dcm.SeriesIndex, list[Path]]]) -> tuple[int, str]:
+    """Index of the series to use among those of one sequence, and why."""
+    def key(i):
+        s, rts = cands[i]
+        axial = dcm.orientation_label(s.geometry.direction).startswith("axial")
+        return (0 if rts else 1, 0 if axial else 1, -s.n_files, s.series_number or 0, s.series_uid)
+    order = sorted(range(len(cands)), key=key)
+    best = order[0]
+    s, rts = cands[best]
+    why = "it has contours" if rts and not all(c[1] for c in cands) else "it is axial with the most slices"
+    return best, why
+
+
+def _match_rtstruct(ss: StructureSet, series: dict[str, dcm.SeriesIndex], sop_to_series: dict[str, str],
+                    series_owner: dict[str, str], pid: str) -> tuple[str, str]:
+    """(series UID, how) of the series this structure set was drawn on; RTStructError if none."""
+    cands = [u for u in ss.referenced_series_uids if u in series]
+    how = "referenced series UID"
+    if not cands and ss.referenced_sop_uids:
+        cands = sorted({sop_to_series[u] for u in ss.referenced_sop_uids if u in sop_to_series})
+        how = "referenced SOP instances"
+    if not cands and not ss.referenced_series_uids and not ss.referenced_sop_uids:
+        cands = [u for u, s in series.items() if s.sequence is not None
+                 and s.frame_of_reference_uid in ss.frame_of_reference_uids]
+        how = "frame of reference only (the RTSTRUCT references no series or image)"
+    if len(cands) == 1:
+        uid = cands[0]
+        s = series[uid]
+        if ss.frame_of_reference_uids and s.frame_of_reference_uid \
+                and s.frame_of_reference_uid not in ss.frame_of_reference_uids:
+            raise RTStructError(f"RTSTRUCT references series {s.description!r} but its frame of reference "
+                                f"{ss.frame_of_reference_uids[0]} differs from the series' "
+                                f"{s.frame_of_reference_uid}", patient=pid, file=ss.path,
+                                expected="an RTSTRUCT in the frame of reference of the series it was drawn on")
+        return uid, how
+    if len(cands) > 1:
+        names = ", ".join(repr(series[u].description) for u in cands)
+        raise RTStructError(f"RTSTRUCT matches {len(cands)} series ({names}) by {how}", patient=pid,
+                            file=ss.path, expected="an RTSTRUCT that references exactly one image series")
+    refs = ss.referenced_series_uids or sorted(ss.referenced_sop_uids)[:3]
+    others = sorted({series_owner[u] for u in ss.referenced_series_uids if u in series_owner} - {pid})
+    here = ", ".join(f"{s.description!r}" for s in series.values()) or "none"
+    if others:
+        problem = (f"RTSTRUCT references series {refs[0]} of another patient ({', '.join(others)}), "
+                   f"not a series of patient {pid}")
+    elif refs:
+        problem = (f"RTSTRUCT references {'series' if ss.referenced_series_uids else 'images'} "
+                   f"{', '.join(refs)} which {'is' if len(refs) == 1 else 'are'} not in this cohort "
+                   f"(series of this patient: {here})")
+    else:
+        problem = (f"RTSTRUCT references no series and its frame of reference matches no classified series "
+                   f"(series of this patient: {here})")
+    raise RTStructError(problem, patient=pid, file=ss.path,
+                        expected="an RTSTRUCT drawn on one of this patient's MR series")
+
+
+def _index_dicom_patient(pid: str, images: list[dcm.ImageFile], rtfiles: list[dcm.RTStructFile],
+                         config: CohortConfig, series_owner: dict[str, str], root: Path,
+                         notes: list[dict]) -> tuple[_Entry, dict]:
+    if not pid:
+        f = images[0].path if images else rtfiles[0].path
+        raise DicomError("file without PatientID", file=f, expected="a PatientID in every DICOM file")
+    # images only: planning systems often rewrite the name in the RTSTRUCT they export
+    _check_one_person(pid, [(f.path, f.patient_name, f.birth_date) for f in images])
+    by_series: dict[str, list[dcm.ImageFile]] = {}
+    warnings: list[str] = []
+    seen_sop: dict[str, dcm.ImageFile] = {}
+    for f in images:
+        if f.sop_uid and f.sop_uid in seen_sop:
+            other = seen_sop[f.sop_uid]
+            if other.ipp is not None and f.ipp is not None and (abs(other.ipp - f.ipp).max() > 1e-3):
+                raise DicomError(f"SOPInstanceUID {f.sop_uid} is used by two different slices "
+                                 f"({other.path} and {f.path})", patient=pid, file=f.path,
+                                 expected="a unique SOPInstanceUID per slice")
+            warnings.append(f"duplicate copy of a slice ignored: {_rel(f.path, root)} "
+                            f"(same SOPInstanceUID as {_rel(other.path, root)})")
+            continue
+        seen_sop[f.sop_uid] = f
+        by_series.setdefault(f.series_uid, []).append(f)
+
+    series: dict[str, dcm.SeriesIndex] = {}
+    ignored: list[dict] = []
+    failed: dict[str, DicomError] = {}
+    for uid, files in sorted(by_series.items(), key=lambda kv: (kv[1][0].series_number or 0, kv[0])):
+        f0 = files[0]
+        if f0.modality and f0.modality != "MR":
+            ignored.append({"series_uid": uid, "description": f0.description, "n_files": len(files),
+                            "reason": f"modality {f0.modality}, not MR"})
+            continue
+        seq, why = dcm.classify_series(f0.description, f0.protocol, config,
+                                       contrast_agent=next((f.contrast_agent for f in files if f.contrast_agent), ""),
+                                       image_type=f0.image_type)
+        if seq is None:
+            ignored.append({"series_uid": uid, "description": f0.description, "n_files": len(files),
+                            "reason": why})
+            continue
+        try:
+            s = dcm.build_series(files, config, patient=pid)
+        except DicomError as exc:
+            # unusable; an error only if no other series gives this sequence (checked below)
+            failed.setdefault(seq, exc)
+            ignored.append({"series_uid": uid, "description": f0.description, "n_files": len(files),
+                            "reason": f"{seq} series not usable: {exc.problem}"})
+            continue
+        s.sequence, s.reason = seq, why
+        series[uid] = s
+    sop_to_series = {f.sop_uid: f.series_uid for fs in by_series.values() for f in fs}
+    all_series_uids = set(by_series)
+
+    # structure sets -> series
+    sets_by_series: dict[str, list[StructureSet]] = {}
+    rt_notes: list[dict] = []
+    for rf in rtfiles:
+        ss = _parse_rtstruct(rf.path, config, pid)
+        # match against classified series first; an RTSTRUCT on an ignored series is only noted
+        ignored_ref = [u for u in ss.referenced_series_uids if u in all_series_uids and u not in series]
+        if ignored_ref and not any(u in series for u in ss.referenced_series_uids):
+            desc = by_series[ignored_ref[0]][0].description
+            rt_notes.append({"file": _rel(rf.path, root),
+                             "reason": f"drawn on ignored series {desc!r}"})
+            continue
+        uid, how = _match_rtstruct(ss, series, sop_to_series, series_owner, pid)
+        if how.startswith("frame of reference"):
+            warnings.append(f"RTSTRUCT {_rel(rf.path, root)} matched to {series[uid].description!r} by "
+                            f"frame of reference only")
+        sets_by_series.setdefault(uid, []).append(ss)
+
+    # one series per sequence
+    chosen: dict[str, _DicomSequence] = {}
+    for seq in SEQUENCES:
+        cands = [(s, [ss.path for ss in sets_by_series.get(u, [])]) for u, s in series.items() if s.sequence == seq]
+        if not cands:
+            continue
+        best, why = _choose(cands)
+        s, rts = cands[best]
+        chosen[seq] = _DicomSequence(series=s, rtstruct_paths=rts)
+        for i, (o, orts) in enumerate(cands):
+            if i != best:
+                ignored.append({"series_uid": o.series_uid, "description": o.description, "n_files": o.n_files,
+                                "reason": f"another {seq} series ({s.description!r}) was used: {why}"})
+                for p in orts:
+                    rt_notes.append({"file": _rel(p, root), "reason": f"drawn on unused series {o.description!r}"})
+
+    sequences: dict[str, dict] = {}
+    for seq, cs in chosen.items():
+        s = cs.series
+        sets = [ss for ss in sets_by_series.get(s.series_uid, [])]
+        info = dcm.series_summary(s)
+        info["folder"] = _rel(Path(info["folder"]), root)
+        info["classified_by"] = s.reason
+        info["rtstructs"] = [_rel(p, root) for p in cs.rtstruct_paths]
+        w = list(s.warnings)
+        if sets:
+            mapped, unmatched = structures_of(sets)
+            if not mapped:
+                names = [r.name for ss in sets for r in ss.rois]
+                raise RTStructError(f"none of the ROIs of the {seq} RTSTRUCT maps to GTV or GTVln: "
+                                    f"{', '.join(repr(n) for n in names) or 'no ROI at all'}",
+                                    patient=pid, file=sets[0].path,
+                                    expected="ROI names such as GTV, GTVnx, GTVp, GTVnd, GTVln, GTVn_L "
+                                             "(or add the spelling to cohort.roi_patterns)")
+            _, counts, mw = masks_on_grid(sets, s.stack, s.plan, missing_positions_mm=s.missing_positions_mm,
+                                          missing_grid_index=s.missing_grid_index, patient=pid)
+            w.extend(mw)
+            info["structures"] = mapped
+            info["roi_voxels"] = counts
+            info["unmatched_rois"] = unmatched
+            for n in unmatched:
+                if looks_like_tumour(n):
+                    w.append(f"ROI {n!r} looks like a tumour volume but matches no pattern of "
+                             f"cohort.roi_patterns; it was not used")
+        else:
+            info["structures"] = {}
+            info["roi_voxels"] = {}
+            info["unmatched_rois"] = []
+            w.append("no RTSTRUCT for this series: no structures")
+        info["warnings"] = w
+        sequences[seq] = info
+
+    missing = [q for q in config.required_sequences if q not in chosen]
+    for q in missing:
+        if q in failed:
+            raise failed[q]
+    if missing:
+        found = [f"{s.description!r} ({s.sequence})" for s in series.values()] + \
+                [f"{i['description']!r} ({i['reason']})" for i in ignored]
+        f = images[0].path if images else rtfiles[0].path
+        raise CohortError(f"missing sequence(s) {', '.join(missing)}; series found: "
+                          f"{'; '.join(found) or 'none'}", patient=pid, file=f.parent,
+                          expected=f"series classified as {', '.join(config.required_sequences)} "
+                                   "(see cohort.sequence_patterns)")
+    entry = _Entry(patient_id=pid, source="dicom", dicom=chosen)
+    record = {"source": "dicom", "sequences": sequences, "ignored_series": ignored,
+              "ignored_rtstructs": rt_notes, "ignored_files": notes, "warnings": warnings}
+    return entry, record
+
+
+def _index_nifti_patient(pid: str, folder: Path, names: list[str], config: CohortConfig,
+                         root: Path) -> tuple[_Entry, dict]:
+    np_ = nii.index_patient(folder, names, config, patient=pid)
+    missing = [q for q in config.required_sequences if q not in np_.sequences]
+    if missing:
+        raise CohortError(f"missing sequence(s) {', '.join(missing)}; NIfTI files found: {', '.join(names)}",
+                          patient=pid, file=folder,
+                          expected="image files named by cohort.nifti_image_patterns, e.g. "
+                                   + ", ".join(config.nifti_image_patterns.get(missing[0], ())))
+    sequences = {}
+    for seq in SEQUENCES:
+        if seq not in np_.sequences:
+            continue
+        ns = np_.sequences[seq]
+        g = ns.geometry
+        sequences[seq] = {"image": _rel(ns.image_path, root),
+                          "label": _rel(ns.label_path, root) if ns.label_path else None,
+                          "n_slices": g.size[2], "size": list(g.size),
+                          "spacing_mm": [round(v, 4) for v in g.spacing_mm],
+                          "origin_mm": [round(v, 4) for v in g.origin_mm],
+                          "direction": [round(v, 6) for v in g.direction],
+                          "orientation": dcm.orientation_label(g.direction),
+                          "structures": {s: [f"label {k}"] for k, s in nii.LABELS.items() if s in ns.structures},
+                          "unmatched_rois": [], "warnings": list(ns.warnings)}
+    record = {"source": "nifti", "sequences": sequences, "ignored_series": [],
+              "ignored_files": [{"file": _rel(folder / n, root), "reason": "matches no NIfTI pattern"}
+                                for n in np_.unused_files],
+              "warnings": []}
+    return _Entry(patient_id=pid, source="nifti", nifti=np_), record
+
+
+def _skip_record(exc: InputError, pid: str | None) -> dict:
+    d = exc.to_dict()
+    d["patient"] = exc.patient or pid
+    d["error"] = type(exc).__name__
+    return d
+
+
+def load_cohort(path: str | Path, config: CohortConfig | None = None,
+                clinical: str | Path | None = None, *, show_progress: bool | None = None) -> Cohort:
+    """Index the cohort under ``path``: DICOM (any layout) and/or NIfTI folders, plus the
+    clinical table (``clinical`` or ``clinical.csv``/``.xlsx`` found in ``path``).
+
+    Reads headers, structure sets and label maps only; pixels are read by ``load_patient``.
+    Raises an ``InputError`` subclass (patient, file and expectation in the message) at the first
+    bad input, unless ``config.skip_bad``, when bad patients are listed in
+    ``manifest["skipped"]`` and left out of ``patient_ids``. A clinical table with bad cells
+    raises ``ClinicalTableError`` listing every bad cell (with ``skip_bad`` only a missing
+    column or an unreadable table still raises; patients with bad cells are skipped).
+    """
+    config = config or CohortConfig()
+    root = Path(path)
+    if not root.is_dir():
+        raise CohortError(f"cohort folder {root} does not exist or is not a folder", file=root,
+                          expected="a folder with DICOM or NIfTI files")
+    root = root.resolve()
+    skip = bool(config.skip_bad)
+    skipped: list[dict] = []
+    skipped_ids: set[str] = set()
+
+    def fail(exc: InputError, pid: str | None) -> None:
+        if not skip:
+            raise exc
+        skipped.append(_skip_record(exc, pid))
+        if pid:
+            skipped_ids.add(pid)
+        log.warning("skipped: %s", exc)
+
+    # clinical table
+    table_path = Path(clinical) if clinical is not None else clin.find_clinical_table(root)
+    clinical_problems: list[dict] = []
+    if table_path is not None:
+        if skip:
+            table, clinical_problems = clin.load_clinical(table_path, collect=True)
+        else:
+            table = clin.load_clinical(table_path)
+    else:
+        table = clin.empty_clinical()
+    bad_clinical_ids: dict[str, list[dict]] = {}
+    for p in clinical_problems:
+        if p.get("patient"):
+            bad_clinical_ids.setdefault(p["patient"], []).append(p)
+
+    # files
+    files = _walk(root)
+    table_resolved = table_path.resolve() if table_path is not None else None
+    nifti_dirs: dict[Path, list[str]] = {}
+    dicom_candidates: list[Path] = []
+    for f in files:
+        if table_resolved is not None and f.resolve() == table_resolved:
+            continue
+        if nii.is_nifti(f):
+            nifti_dirs.setdefault(f.parent, []).append(f.name)
+        elif f.suffix.lower() in dcm.NON_DICOM_SUFFIXES:
+            continue
+        else:
+            dicom_candidates.append(f)
+    scan = dcm.scan_dicom(progress(dicom_candidates, desc="DICOM headers", unit="file",
+                                   disable=None if show_progress is None else not show_progress))
+
+    # DICOM by patient
+    images_by_pid: dict[str, list[dcm.ImageFile]] = {}
+    rts_by_pid: dict[str, list[dcm.RTStructFile]] = {}
+    for im in scan.images:
+        images_by_pid.setdefault(im.patient_id, []).append(im)
+    for rt in scan.rtstructs:
+        rts_by_pid.setdefault(rt.patient_id, []).append(rt)
+    owned = [(im.path, im.patient_id) for im in scan.images] + [(r.path, r.patient_id) for r in scan.rtstructs]
+    owners = _owner_by_folder(root, owned)
+    series_owner = {im.series_uid: im.patient_id for im in scan.images}
+    notes_by_pid: dict[str, list[dict]] = {}
+    for p, pid, what in scan.other_dicom:
+        notes_by_pid.setdefault(pid, []).append({"file": _rel(p, root), "reason": what})
+    unreadable_by_pid: dict[str | None, list[tuple[Path, str]]] = {}
+    for p, problem in scan.unreadable:
+        unreadable_by_pid.setdefault(_attribute(p, root, owners), []).append((p, problem))
+    unreadable_files = []
+    for p, problem in unreadable_by_pid.pop(None, []):
+        unreadable_files.append({"file": _rel(p, root), "problem": problem})
+        fail(DicomError(problem, file=p, expected="a readable DICOM file (its patient could not be told "
+                                                 "from the folder)"), None)
+
+    # NIfTI patients: a folder with image files named by the patterns
+    nifti_by_pid: dict[str, tuple[Path, list[str]]] = {}
+    loose_nifti: list[str] = []
+    for folder, names in sorted(nifti_dirs.items()):
+        pid = folder.name if folder != root else root.name
+        imgs, _ = _safe_nifti_match(folder, names, config, pid)
+        if not imgs:
+            loose_nifti.extend(_rel(folder / n, root) for n in names)
+            continue
+        if pid in nifti_by_pid:
+            fail(CohortError(f"duplicate patient ID: two NIfTI folders named {pid!r} "
+                             f"({nifti_by_pid[pid][0]} and {folder})", patient=pid, file=folder,
+                             expected="one folder per patient"), pid)
+            continue
+        nifti_by_pid[pid] = (folder, names)
+
+    entries: dict[str, _Entry] = {}
+    patients_manifest: dict[str, dict] = {}
+    all_ids = sorted((set(images_by_pid) | set(rts_by_pid) | set(nifti_by_pid)
+                      | {k for k in unreadable_by_pid if k}) - {""})
+    if "" in images_by_pid or "" in rts_by_pid:
+        f = (images_by_pid.get("") or rts_by_pid.get(""))[0].path
+        fail(DicomError("DICOM file without PatientID", file=f, expected="a PatientID in every DICOM file"), None)
+    for pid in progress(all_ids, desc="patients", unit="patient",
+                        disable=None if show_progress is None else not show_progress):
+        if pid in skipped_ids:
+            continue
+        record = None
+        try:
+            if pid in unreadable_by_pid:
+                p, problem = unreadable_by_pid[pid][0]
+                raise DicomError(problem, patient=pid, file=p, expected="a complete, readable DICOM file")
+            has_dicom = pid in images_by_pid or pid in rts_by_pid
+            if has_dicom and pid in nifti_by_pid:
+                raise CohortError(f"duplicate patient ID: {pid!r} has both DICOM files and a NIfTI folder "
+                                  f"({nifti_by_pid[pid][0]})", patient=pid, file=nifti_by_pid[pid][0],
+                                  expected="each patient once, as DICOM or as NIfTI")
+            if has_dicom:
+                entry, record = _index_dicom_patient(pid, images_by_pid.get(pid, []), rts_by_pid.get(pid, []),
+                                                     config, series_owner, root, notes_by_pid.get(pid, []))
+            else:
+                folder, names = nifti_by_pid[pid]
+                entry, record = _index_nifti_patient(pid, folder, names, config, root)
+            if pid in bad_clinical_ids:
+                raise ClinicalTableError(bad_clinical_ids[pid], file=table_path)
+            if table_path is not None and pid not in table.index:
+                raise CohortError(f"patient {pid} has images but no row in the clinical table",
+                                  patient=pid, file=table_path,
+                                  expected="a clinical row for every patient with images")
+        except InputError as exc:
+            fail(exc, pid)
+            if record is not None:  # the images were fine: say what was found
+                skipped[-1]["found"] = {q: i.get("description") or i.get("image")
+                                        for q, i in record["sequences"].items()}
+            continue
+        record["clinical"] = pid in table.index
+        entries[pid] = entry
+        patients_manifest[pid] = record
+
+    imaged = set(all_ids)
+    image_only = sorted(pid for pid in imaged if table_path is not None and pid not in table.index
+                        and pid not in bad_clinical_ids)
+    clinical_only = []
+    if table_path is not None:
+        for pid in table.index:
+            if pid not in imaged:
+                clinical_only.append(pid)
+                fail(CohortError(f"patient {pid} has a row in the clinical table but no images in {root}",
+                                 patient=pid, file=table_path,
+                                 expected="images (DICOM or a NIfTI folder) for every clinical row"), pid)
+    usable = sorted(entries)
+    clinical_usable = table.loc[[p for p in usable if p in table.index]] if len(table) else table.iloc[0:0]
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "root": str(root),
+        "clinical_table": str(table_path) if table_path is not None else None,
+        "config": to_dict(config),
+        "n_patients": len(usable),
+        "patient_ids": usable,
+        "patients": {pid: patients_manifest[pid] for pid in usable},
+        "skipped": sorted(skipped, key=lambda r: (r.get("patient") or "", r.get("file") or "")),
+        "clinical_only": sorted(clinical_only),
+        "image_only": image_only,
+        "clinical_problems": clinical_problems,
+        "unreadable_files": unreadable_files,
+        "unused_nifti_files": loose_nifti,
+        "ignored_files": [_rel(p, root) for p in scan.other_files],
+    }
+    return Cohort(root=root, config=config, patient_ids=usable, clinical=clinical_usable,
+                  manifest=manifest, _entries=entries)
+
+
+def _safe_nifti_match(folder: Path, names: list[str], config: CohortConfig, pid: str):
+    try:
+        return nii.match_sequences(folder, names, config, patient=pid)
+    except NiftiError:
+        # two files for one sequence: still a patient folder; the error comes when indexing it
+        return {"?": None}, []
+
+
+# ---------------------------------------------------------------------------------------------
+# inspect
+# ---------------------------------------------------------------------------------------------
+def inspect_cohort(path: str | Path, config: CohortConfig | None = None,
+                   clinical: str | Path | None = None, *, all_problems: bool = True) -> tuple[Cohort, str]:
+    """Index a cohort and describe it for people: (Cohort, text).
+
+    With ``all_problems`` (the default) bad patients are listed rather than raised, as with
+    ``skip_bad``, so that one look shows everything that is wrong.
+    """
+    config = config or CohortConfig()
+    if all_problems and not config.skip_bad:
+        config = dataclasses.replace(config, skip_bad=True)
+    cohort = load_cohort(path, config, clinical)
+    return cohort, format_manifest(cohort.manifest)
+
+
+def _fmt_structs(structs: dict[str, list[str]]) -> str:
+    if not structs:
+        return "no structures"
+    return ", ".join(f"{k} ({', '.join(v)})" for k, v in structs.items())
+
+
+def format_manifest(m: dict) -> str:
+    """The manifest as text: per patient the sequences and structures found, then what was
+    ignored or skipped and why."""
+    lines = [f"Cohort {m['root']}: {m['n_patients']} usable patient(s), {len(m['skipped'])} skipped",
+             f"Clinical table: {m['clinical_table'] or 'none'}"]
+    for pid, rec in m["patients"].items():
+        lines.append("")
+        lines.append(f"{pid}  [{rec['source']}{'' if rec.get('clinical') else ', no clinical row'}]")
+        for seq, info in rec["sequences"].items():
+            sp = "x".join(f"{v:.2f}" for v in info.get("spacing_mm", []))
+            name = info.get("description") or info.get("image")
+            lines.append(f"  {seq:<8} {name!r}: {info.get('n_slices')} slices, {sp} mm, "
+                         f"{info.get('orientation')}; {_fmt_structs(info.get('structures', {}))}")
+            if info.get("unmatched_rois"):
+                lines.append(f"           unmatched ROIs (not used): {', '.join(info['unmatched_rois'])}")
+            for w in info.get("warnings", []):
+                lines.append(f"           warning: {w}")
+        for ig in rec.get("ignored_series", []):
+            lines.append(f"  ignored series {ig['description']!r} ({ig['n_files']} files): {ig['reason']}")
+        for ig in rec.get("ignored_rtstructs", []):
+            lines.append(f"  ignored RTSTRUCT {ig['file']}: {ig['reason']}")
+        for ig in rec.get("ignored_files", []):
+            lines.append(f"  ignored file {ig['file']}: {ig['reason']}")
+        for w in rec.get("warnings", []):
+            lines.append(f"  warning: {w}")
+    if m["skipped"]:
+        lines.append("")
+        lines.append("Skipped:")
+        for s in m["skipped"]:
+            msg = s.get("message", "").replace("\n", "\n      ")
+            lines.append(f"  {s.get('patient') or '(unknown patient)'}: {s.get('error')}: {msg}")
+            if s.get("found"):
+                lines.append("      images found: " + ", ".join(f"{q} {d!r}" for q, d in s["found"].items()))
+    if m["clinical_only"]:
+        lines.append("")
+        lines.append(f"Clinical rows without images: {', '.join(m['clinical_only'])}")
+    if m["image_only"]:
+        lines.append(f"Images without a clinical row: {', '.join(m['image_only'])}")
+    if m["unreadable_files"]:
+        lines.append("Unreadable files (patient unknown): " + ", ".join(u["file"] for u in m["unreadable_files"]))
+    if m["ignored_files"]:
+        shown = m["ignored_files"][:10]
+        more = len(m["ignored_files"]) - len(shown)
+        lines.append("Other files ignored (not DICOM): " + ", ".join(shown) + (f" and {more} more" if more > 0 else ""))
+    return "\n".join(lines) + "\n"
