@@ -48,6 +48,24 @@ def preprocess_stage(config: Config, cohort, run_dir: Path):
     return preprocess(config, cohort, run_dir / "preprocessed")
 
 
+def table1_stage(cohort, split: dict, run_dir: Path) -> Path:
+    """Table 1 (clinical variables by MSOM and by training/validation) as CSV and HTML."""
+    from npc_msom.cohort.schema import CLINICAL_SCHEMA
+    from npc_msom.report.table1 import Comparison, Variable, make_table1, render_table1_html, write_table1_csv
+    df = cohort.clinical.loc[[p for p in cohort.patient_ids if p in cohort.clinical.index]].copy()
+    df["split"] = ["train" if p in set(split["train"]) else "val" for p in df.index]
+    variables = [Variable(c.name, "continuous" if c.kind in ("int", "float") else "categorical", c.label,
+                          levels=c.allowed or ((0, 1) if c.kind == "binary" else None))
+                 for c in CLINICAL_SCHEMA if c.kind != "id" and not c.outcome and c.name in df.columns]
+    table = make_table1(df, variables, [Comparison("msom", (1, 0), ("MSOM", "non-MSOM")),
+                                        Comparison("split", ("train", "val"), ("Training", "Validation"))])
+    out = run_dir / "report" / "table1.csv"
+    write_table1_csv(table, out)
+    write_text_atomic(run_dir / "report" / "table1.html",
+                      render_table1_html(table, title="Table 1. Patient characteristics"))
+    return out
+
+
 def detection_stage(config: Config, run_dir: Path, sequences=None, resume: bool = True) -> dict:
     from npc_msom.detection import train_detector_for_run
     out = {}
@@ -66,6 +84,7 @@ def run(config: Config, cohort_dir: str | Path, run_dir: str | Path, *,
     if "preprocess" in stages:
         res = preprocess_stage(config, cohort, run_dir)
         done["preprocess"] = {"images": res.n_images, "annotations": res.n_annotations}
+        done["table1"] = str(table1_stage(cohort, res.split, run_dir))
     if "detection" in stages:
         det = detection_stage(config, run_dir)
         done["detection"] = {seq: getattr(r, "metrics", None) for seq, r in det.items()}

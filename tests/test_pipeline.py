@@ -1,0 +1,47 @@
+"""End to end on the synthetic cohort: synth -> inspect -> cohort -> preprocess, and the CLI's errors."""
+import json
+
+import pandas as pd
+from pycocotools.coco import COCO
+
+from npc_msom.cli import main
+
+
+def test_inspect_lists_three_sequences_and_both_structures(synth_cohort_dir, capsys):
+    assert main(["inspect", str(synth_cohort_dir)]) == 0
+    text = capsys.readouterr().out
+    ids = pd.read_csv(synth_cohort_dir / "clinical.csv")["patient_id"]
+    for pid in ids:
+        assert pid in text
+    for seq in ("T1WI", "T2WI", "CE-T1WI"):
+        assert seq in text
+
+
+def test_run_writes_manifest_preprocessed_slices_and_table1(small_run):
+    manifest = json.loads((small_run / "cohort" / "manifest.json").read_text())
+    assert manifest  # the reader's own tests check its content
+    split = json.loads((small_run / "preprocessed" / "split.json").read_text())
+    assert len(split["train"]) + len(split["val"]) == 6 and not set(split["train"]) & set(split["val"])
+    for seq in ("T1WI", "T2WI", "CE-T1WI"):
+        d = small_run / "preprocessed" / seq
+        coco = COCO(str(d / "coco_train.json"))
+        names = {coco.cats[a["category_id"]]["name"] for a in coco.dataset["annotations"]}
+        assert "GTV" in names
+        slices = pd.read_csv(d / "slices.csv")
+        assert set(slices["patient_id"]) == set(split["train"]) | set(split["val"])
+    for f in ("config.yaml", "env.json", "log.txt", "report/table1.csv", "report/table1.html"):
+        assert (small_run / f).is_file(), f
+    t1 = pd.read_csv(small_run / "report" / "table1.csv")
+    assert "Age" in " ".join(t1["Variable"].fillna("").astype(str))
+
+
+def test_cli_reports_bad_clinical_table_without_traceback(synth_cohort_dir, tmp_path, capsys):
+    table = pd.read_csv(synth_cohort_dir / "clinical.csv").drop(columns=["age"])
+    table.loc[0, "gender"] = "X"
+    bad = tmp_path / "bad.csv"
+    table.to_csv(bad, index=False)
+    code = main(["inspect", str(synth_cohort_dir), "--clinical", str(bad)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    assert "age" in err and "gender" in err and str(bad) in err
