@@ -27,6 +27,7 @@ class SynthConfig:
     seed: int = 2024
     # share of patients with MSOM (study: 85/186)
     msom_fraction: float = 85 / 186
+    workers: int = 0  # processes writing patients; 0 = up to 2
 
 
 @dataclass(frozen=True)
