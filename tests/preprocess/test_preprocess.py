@@ -167,3 +167,20 @@ def test_preprocess_writes_coco_slices_and_resumes(tmp_path):
     cohort.loads.clear()
     preprocess(load_config(None, ["preprocess.image_size=48", "preprocess.val_fraction=0.34"]), cohort, tmp_path)
     assert len(cohort.loads) == len(cohort.patient_ids)
+
+
+def test_body_mask_keeps_dark_tissue_beside_bright_fluid():
+    """T2WI-like: a small, very bright fluid region must not push muscle out of the window."""
+    from npc_msom.preprocess.intensity import body_mask
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:128, :128]
+    head = (yy - 64) ** 2 + (xx - 64) ** 2 < 50 ** 2
+    fluid = (yy - 64) ** 2 + (xx - 80) ** 2 < 8 ** 2
+    airway = (yy - 50) ** 2 + (xx - 50) ** 2 < 6 ** 2
+    img = np.where(head, 300.0, 5.0) + np.where(fluid, 2000.0, 0.0) + rng.normal(0, 4, head.shape)
+    img[airway] = 5.0
+    img = np.stack([img] * 3)
+    body = body_mask(img)
+    assert body[1][head].mean() > 0.99 and body[1][~head].mean() < 0.01  # airway hole filled
+    u8 = normalise_to_uint8(img)
+    assert np.median(u8[1][head & ~fluid]) > 20  # muscle visible, not crushed to black
