@@ -175,8 +175,8 @@ def test_body_mask_keeps_dark_tissue_beside_bright_fluid():
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:128, :128]
     head = (yy - 64) ** 2 + (xx - 64) ** 2 < 50 ** 2
-    fluid = (yy - 64) ** 2 + (xx - 80) ** 2 < 8 ** 2
-    airway = (yy - 50) ** 2 + (xx - 50) ** 2 < 6 ** 2
+    fluid = (yy - 64) ** 2 + (xx - 80) ** 2 < 25 ** 2  # a quarter of the head: nodes, CSF, vessels
+    airway = (yy - 64) ** 2 + (xx - 30) ** 2 < 6 ** 2
     img = np.where(head, 300.0, 5.0) + np.where(fluid, 2000.0, 0.0) + rng.normal(0, 4, head.shape)
     img[airway] = 5.0
     img = np.stack([img] * 3)
