@@ -38,19 +38,15 @@ def run() -> dict:
     base = load_config("configs/demo.yaml").synth
     out = {"target": "peak_rss_mb at 50 patients within 10% of 25 patients", "sizes": []}
     with tempfile.TemporaryDirectory() as tmp:
-        cohort_dir = Path(tmp) / "cohort50"
-        write_cohort(cohort_dir, dataclasses.replace(base, patients=50))
-        small = Path(tmp) / "cohort25"
-        (small / "dicom").mkdir(parents=True)
-        ids = sorted(p.name for p in (cohort_dir / "dicom").iterdir())[:25]
-        for pid in ids:
-            (small / "dicom" / pid).symlink_to(cohort_dir / "dicom" / pid)
-        lines = (cohort_dir / "clinical.csv").read_text().splitlines()
-        keep = [lines[0]] + [ln for ln in lines[1:] if ln.split(",")[0] in ids]
-        (small / "clinical.csv").write_text("\n".join(keep) + "\n")
-        for name, d in (("25", small), ("50", cohort_dir)):
+        dirs = {}
+        for n in (25, 50):
+            dirs[str(n)] = Path(tmp) / f"cohort{n}"
+            write_cohort(dirs[str(n)], dataclasses.replace(base, patients=n))
+        for name, d in dirs.items():
             r = subprocess.run([sys.executable, "-c", CHILD, str(d), str(Path(tmp) / f"run{name}")],
-                               capture_output=True, text=True, check=True)
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"preprocessing {name} patients failed:\n{r.stderr[-4000:]}")
             out["sizes"].append(json.loads(r.stdout.strip().splitlines()[-1]))
     a, b = out["sizes"]
     out["peak_growth_ratio"] = round(b["peak_rss_mb"] / a["peak_rss_mb"], 3)

@@ -211,3 +211,16 @@ def test_rtstruct_drawn_on_an_ignored_series_is_noted(tmp_path):
     cohort = load_cohort(tmp_path, CohortConfig())
     (note,) = cohort.manifest["patients"]["P001"]["ignored_rtstructs"]
     assert note["file"] == "P001/RS_loc.dcm" and "ignored series 'localizer'" in note["reason"]
+
+
+def test_symlinked_patient_folders_are_followed_without_loops(tmp_path):
+    store = tmp_path / "share"
+    wp = write_patient(store, "P020", seed=4)
+    root = tmp_path / "cohort"
+    root.mkdir()
+    (root / "P020").symlink_to(store, target_is_directory=True)
+    (root / "loop").symlink_to(root, target_is_directory=True)  # must not recurse forever
+    write_clinical(root / "clinical.csv", ["P020"])
+    cohort = load_cohort(root, CohortConfig())
+    assert cohort.patient_ids == ["P020"]
+    _check_patient(cohort, wp)

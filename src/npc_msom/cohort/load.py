@@ -158,8 +158,16 @@ def _load_nifti(entry: _Entry) -> dict[str, Series]:
 # Indexing
 # ---------------------------------------------------------------------------------------------
 def _walk(root: Path) -> list[Path]:
+    """Every non-hidden file under ``root``, following symbolic links to folders (exports are often
+    linked in from a network share) but never entering the same real folder twice (link loops)."""
     out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if not name.startswith("."):
