@@ -100,6 +100,9 @@ class DetectionConfig:
     # scaled to our input size (never below the level's stride); x ratios below
     anchor_sizes: tuple[float, ...] = ()
     anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    # the network sees slices resized by this factor (MMDetection's pipeline took the study's 512 px
+    # to 800 px, i.e. 1.5625); 1 = no resizing. Outputs are mapped back to the slice's pixels.
+    input_scale: float = 1.0
     # grey levels scaled to 0..1, then (x - mean) / std on each of the three identical channels;
     # 1..255 MR slices are mostly dark (two real T2WI slices: mean 0.13, std 0.18), unlike
     # ImageNet's RGB statistics

@@ -67,10 +67,15 @@ def table1_stage(cohort, split: dict, run_dir: Path) -> Path:
 
 
 def detection_stage(config: Config, run_dir: Path, sequences=None, resume: bool = True) -> dict:
-    from npc_msom.detection import train_detector_for_run
+    """Train (or resume, or skip when complete) one detector per sequence, then Table 2 and Figure 2."""
+    from npc_msom.detection import figure2, table2_for_run, train_detector_for_run
+    from npc_msom.runtime import resolve_device
+    device = resolve_device(config.device)
     out = {}
     for seq in sequences or config.preprocess.sequences:
-        out[seq] = train_detector_for_run(config, run_dir, seq, resume=resume)
+        out[seq] = train_detector_for_run(config, run_dir, seq, resume=resume, device=device)
+    table2_for_run(run_dir)
+    figure2(run_dir, device=device)
     return out
 
 

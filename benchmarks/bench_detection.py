@@ -1,0 +1,185 @@
+"""Stage 1 speed and quality: our training loop against torchvision's bare forward + backward on the
+same batches, inference slices/s, and the demo run's AP@0.5.
+
+- CPU, always: the demo preset (ResNet-18-FPN at the demo image size) on synthetic slices.
+- CUDA, when a GPU is present: the paper preset (ResNet-50-FPN, 512 px, batch 4, AMP as configured).
+- Quality: AP@0.5 per class of ``runs/demo/detection/CE-T1WI/metrics.json`` when a demo run exists
+  (``make demo``); not recomputed here.
+
+"Ours" is ``train_one_epoch`` over the real DataLoader (PNG decoding, RLE masks, augmentation,
+schedule, loss bookkeeping, AMP scaler); "bare" is the same model from the same initial weights
+running forward + backward + SGD step on the same batches already collated and on the device.
+Nothing here asserts a time; targets are recorded beside the figures.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {"train_overhead_pct": "<= 10 (ours vs bare, images/s)",
+           "demo_ap50_CE-T1WI": {"GTV": ">= 0.80", "GTVln": ">= 0.60"}}
+
+
+def _sync(device) -> None:
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _speed(config, device, *, n_train: int, n_infer: int, repeats: int) -> dict:
+    import torch
+
+    from npc_msom.detection import build_model, detect, train_one_epoch
+    from npc_msom.detection.data import load_slice, read_coco
+    from npc_msom.detection.toydata import write_toy_coco
+    from npc_msom.detection.model import amp_context, amp_dtype
+    from npc_msom.detection.train import make_scheduler, make_train_loader
+
+    det = config.detection
+    size = config.preprocess.image_size
+    dtype = amp_dtype(device, det.amp)
+    with tempfile.TemporaryDirectory() as tmp:
+        per_patient = 5
+        n_patients = -(-n_train // per_patient) + 2
+        p = write_toy_coco(tmp, n_patients=n_patients, val_patients=2, tumour_slices=per_patient - 1,
+                           negatives_per_patient=1, image_size=size, seed=1)
+        train = read_coco(p["coco_train"])
+        train = train.subset(range(min(n_train, len(train))))
+        val = read_coco(p["coco_val"])
+        infer_slices = [load_slice(val.image_path(i % len(val))) for i in range(n_infer)]
+
+        torch.manual_seed(config.seed)
+        model = build_model(det, num_classes=3, image_size=size).to(device)
+        init = copy.deepcopy(model.state_dict())
+        _, sampler, loader = make_train_loader(train, config, det.batch_size, device=device)
+        sampler.set_epoch(0)
+        batches = [([im.to(device) for im in ims], [{k: v.to(device) for k, v in t.items()} for t in tg])
+                   for ims, tg in loader]
+        n_images = sum(len(b[0]) for b in batches)
+
+        def fresh():
+            # same weights, optimiser, schedule and RoI sampling (torch's generator) in both loops, so
+            # they compute the same thing and differ only by what the loop adds around the model
+            model.load_state_dict(init)
+            params = [q for q in model.parameters() if q.requires_grad]
+            opt = torch.optim.SGD(params, lr=det.lr, momentum=det.momentum, weight_decay=det.weight_decay)
+            torch.manual_seed(config.seed)
+            return opt, make_scheduler(opt, det, len(batches)), torch.amp.GradScaler(
+                "cuda", enabled=dtype == torch.float16)
+
+        def ours() -> float:
+            opt, sched, scaler = fresh()
+            sampler.set_epoch(0)
+            _sync(device)
+            t0 = time.perf_counter()
+            train_one_epoch(model, opt, sched, loader, device, scaler=scaler, dtype=dtype, show_progress=False)
+            _sync(device)
+            return time.perf_counter() - t0
+
+        def bare() -> float:
+            opt, sched, scaler = fresh()
+            model.train()
+            _sync(device)
+            t0 = time.perf_counter()
+            for ims, tg in batches:
+                with amp_context(device, dtype):
+                    loss = sum(model(ims, tg).values())
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+            _sync(device)
+            return time.perf_counter() - t0
+
+        ours(), bare()  # warm-up (allocator, cuDNN autotuning, first-call costs)
+        t_ours, t_bare = [], []
+        for _ in range(repeats):  # alternate, so drifts of a shared machine hit both alike
+            t_ours.append(ours())
+            t_bare.append(bare())
+        amp = dtype is not None
+        infer_batches = [[torch.from_numpy(x)[None].to(device) for x in infer_slices[i:i + det.batch_size]]
+                         for i in range(0, n_infer, det.batch_size)]
+
+        def infer_ours() -> float:
+            _sync(device)
+            t0 = time.perf_counter()
+            found = detect(model, infer_slices, device, det.score_threshold, batch_size=det.batch_size, amp=amp)
+            _sync(device)
+            infer_ours.detections = sum(len(d["scores"]) for d in found) / len(found)
+            return time.perf_counter() - t0
+
+        @torch.inference_mode()
+        def infer_bare() -> float:
+            model.eval()
+            _sync(device)
+            t0 = time.perf_counter()
+            for ims in infer_batches:
+                with amp_context(device, dtype):
+                    model(ims)
+            _sync(device)
+            return time.perf_counter() - t0
+
+        infer_ours(), infer_bare()
+        t_inf = statistics.median([infer_ours() for _ in range(repeats)])
+        t_inf_bare = statistics.median([infer_bare() for _ in range(repeats)])
+    mo, mb = statistics.median(t_ours), statistics.median(t_bare)
+    out = {"backbone": det.backbone, "image_size": size, "batch_size": det.batch_size,
+           "amp": None if dtype is None else str(dtype).replace("torch.", ""), "workers": det.workers,
+           "device": str(device), "train_images": n_images, "repeats": repeats,
+           "train_images_per_s_ours": round(n_images / mo, 3), "train_images_per_s_bare": round(n_images / mb, 3),
+           "train_overhead_pct": round(100 * (mo / mb - 1), 2),
+           "train_seconds_ours": [round(t, 3) for t in t_ours], "train_seconds_bare": [round(t, 3) for t in t_bare],
+           "inference_slices": n_infer, "inference_slices_per_s": round(n_infer / t_inf, 3),
+           "inference_slices_per_s_bare": round(n_infer / t_inf_bare, 3),
+           "inference_detections_per_slice": round(infer_ours.detections, 1)}
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out
+
+
+def _demo_ap() -> dict | None:
+    path = ROOT / "runs" / "demo" / "detection" / "CE-T1WI" / "metrics.json"
+    if not path.is_file():
+        return None
+    m = json.loads(path.read_text())
+    ap = m.get("ap50", {})
+    return {"source": str(path.relative_to(ROOT)), "ap50": ap, "map50": m.get("map50"),
+            "mask_map50": m.get("mask_map50"), "n_val_images": m.get("n_val_images"),
+            "target_met": {"GTV": (ap.get("GTV") or 0) >= 0.80, "GTVln": (ap.get("GTVln") or 0) >= 0.60}}
+
+
+def run(quick: bool = False) -> dict:
+    import torch
+
+    from npc_msom.config import load_config
+
+    out: dict = {"targets": TARGETS}
+    threads = torch.get_num_threads()
+    demo = load_config(ROOT / "configs" / "demo.yaml")
+    demo = dataclasses.replace(demo, detection=dataclasses.replace(demo.detection, workers=0))
+    out["cpu_demo_preset"] = _speed(demo, torch.device("cpu"), n_train=8 if quick else 24,
+                                    n_infer=8 if quick else 24, repeats=1 if quick else 2)
+    out["cpu_demo_preset"]["threads"] = threads
+    if torch.cuda.is_available():
+        paper = load_config(ROOT / "configs" / "paper.yaml")
+        out["cuda_paper_preset"] = _speed(paper, torch.device("cuda"), n_train=16 if quick else 96,
+                                          n_infer=32 if quick else 192, repeats=1 if quick else 3)
+    else:
+        out["cuda_paper_preset"] = None
+    out["demo_ap50"] = _demo_ap()
+    return out
+
+
+if __name__ == "__main__":  # python -m benchmarks.bench_detection [--quick]
+    import sys
+    logging.basicConfig(level=logging.INFO)
+    sys.stdout.write(json.dumps(run(quick="--quick" in sys.argv), indent=2) + "\n")

@@ -1,0 +1,47 @@
+"""Stage 1: tumour detection (GTV, GTVln) with Mask R-CNN on torchvision, as the study's MMDetection model.
+
+Public API::
+
+    build_model(config.detection, num_classes=3, image_size=512) -> MaskRCNN
+    load_detector(checkpoint_path, device) -> (model, meta)
+    train_detector(config, images_dir=, coco_train=, coco_val=, out_dir=, resume=False, device=None)
+        -> DetectorResult
+    train_detector_for_run(config, run_dir, sequence, resume=False) -> DetectorResult
+    evaluate_detector(model, read_coco(path), device) -> (DetectionMetrics, predictions)
+    detect(model, slices, device, score_threshold) -> [{boxes_xyxy, labels, scores, masks}]
+    select_tumour_slices(detections, z_mm) -> slice indices
+    figure2(run_dir, device=...) -> PNG;  table2_for_run(run_dir) -> CSV
+
+Where we differ from MMDetection's Mask R-CNN R50-FPN 2x (and why):
+
+- Input: slices stay at their preprocessed size (``input_scale`` 1) instead of being resized to a
+  short side of 800 px; the anchors (32..512 px at 800) are scaled to the network's input size
+  instead, so they cover the same share of the slice. ``input_scale`` = 1.5625 reproduces
+  MMDetection's 512 -> 800 px resize at 2.4x the compute.
+- Backbone weights: none by default (nothing is downloaded), so the backbone is trained from
+  scratch with BatchNorm in training mode and every stage trainable. With a local weights file the
+  MMDetection set-up applies: frozen BatchNorm statistics and the stem plus first stage frozen.
+- Mask logits layer initialised N(0, 0.001) (Detectron2's choice) instead of Kaiming: with a
+  from-scratch backbone the Kaiming init gave a first mask loss of ~8 and training diverged.
+- Normalisation: one mean / std for the three identical grey channels, fitted to MR slices, not
+  ImageNet's RGB statistics.
+- Mixed precision: bfloat16 autocast where the GPU supports it (no loss scaling needed); float16
+  with a GradScaler otherwise (MMDetection's fp16 mode).
+- Losses: torchvision's smooth-L1 (beta 1/9) for box regression in the RPN and the head, where
+  MMDetection's config uses L1; RoIAlign with sampling_ratio 2 (MMDetection: 0, adaptive).
+- Learning rate: 0.02 for MMDetection's batch 16, linearly scaled to 0.005 for the study's batch 4.
+"""
+from npc_msom.detection.data import CocoSlices, SliceDataset, read_coco
+from npc_msom.detection.figures import detections_figure, draw_panels, figure2
+from npc_msom.detection.infer import detect, evaluate_detector, select_tumour_slices, slice_scores
+from npc_msom.detection.metrics import DetectionMetrics, coco_metrics, write_table2
+from npc_msom.detection.model import anchor_sizes_for, build_model, load_detector, load_weights
+from npc_msom.detection.train import (DetectorResult, table2_for_run, train_detector, train_detector_for_run,
+                                      train_one_epoch)
+
+__all__ = [
+    "CocoSlices", "SliceDataset", "read_coco", "detections_figure", "draw_panels", "figure2", "detect",
+    "evaluate_detector", "select_tumour_slices", "slice_scores", "DetectionMetrics", "coco_metrics",
+    "write_table2", "anchor_sizes_for", "build_model", "load_detector", "load_weights", "DetectorResult",
+    "table2_for_run", "train_detector", "train_detector_for_run", "train_one_epoch",
+]

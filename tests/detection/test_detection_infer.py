@@ -1,0 +1,104 @@
+"""Inference API, tumour-slice selection, Figure 2 and Table 2 of a run."""
+import csv
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from npc_msom.detection import detect, figure2, load_detector, select_tumour_slices, table2_for_run
+from npc_msom.detection.data import load_slice, read_coco
+from npc_msom.detection.figures import Panel, draw_panels, pick_figure_slice
+
+SEQ = "CE-T1WI"
+
+
+def test_detect_returns_boxes_labels_scores_masks(trained_run, det_run):
+    model, meta = load_detector(trained_run.checkpoint_last)
+    coco = read_coco(det_run / "preprocessed" / SEQ / "coco_val.json")
+    floats = [load_slice(coco.image_path(i)) for i in range(3)]
+    uint8 = [np.rint(f * 255).astype(np.uint8) for f in floats]
+    out = detect(model, floats, "cpu", score_threshold=0.0, batch_size=2)
+    out8 = detect(model, uint8, "cpu", score_threshold=0.0)
+    assert len(out) == 3
+    for d, d8 in zip(out, out8):
+        n = len(d["scores"])
+        assert d["boxes_xyxy"].shape == (n, 4) and d["boxes_xyxy"].dtype == np.float32
+        assert d["labels"].dtype == np.int64 and set(d["labels"]) <= {1, 2}
+        assert d["masks"].shape == (n, 96, 96) and d["masks"].dtype == bool
+        assert np.all(np.diff(d["scores"]) <= 0)
+        assert np.all((d["boxes_xyxy"] >= 0) & (d["boxes_xyxy"] <= 96))
+        np.testing.assert_allclose(d["scores"], d8["scores"], atol=1e-5)
+    high = detect(model, floats, "cpu", score_threshold=0.5)
+    assert all((d["scores"] >= 0.5).all() for d in high)
+    assert sum(len(d["scores"]) for d in high) <= sum(len(d["scores"]) for d in out)
+
+
+def _dets(*scores, label=1):
+    return [{"boxes_xyxy": np.zeros((1 if s else 0, 4), np.float32), "labels": np.full(1 if s else 0, label),
+             "scores": np.array([s] if s else [], np.float32)} for s in scores]
+
+
+def test_select_tumour_slices():
+    dets = _dets(0.9, 0.8, 0.0, 0.7, 0.2, 0.95)
+    assert select_tumour_slices(dets) == [0, 1, 3, 5]
+    # an isolated hit is dropped when runs must be at least 2 slices long
+    assert select_tumour_slices(dets, min_run_slices=2) == [0, 1]
+    # z order, not list order, decides which slices are neighbours
+    z = [10.0, 11.0, 12.0, 13.0, 14.0, 9.0]
+    assert select_tumour_slices(dets, z, min_run_slices=2) == [5, 0, 1]
+    # only GTV (label 1) counted
+    mixed = _dets(0.9) + _dets(0.9, label=2)
+    assert select_tumour_slices(mixed, labels=[1]) == [0]
+    # nothing above the threshold: the best slice, or nothing
+    weak = _dets(0.1, 0.3, 0.2)
+    assert select_tumour_slices(weak) == [1]
+    assert select_tumour_slices(weak, fallback_top=0) == []
+    assert select_tumour_slices([]) == []
+    with pytest.raises(ValueError):
+        select_tumour_slices(weak, [1.0, 2.0])
+
+
+def test_figure_panels(tmp_path):
+    img = np.linspace(0, 1, 64 * 64).reshape(64, 64)
+    boxes = np.array([[5, 5, 20, 20], [30, 30, 40, 40]], np.float32)
+    panels = [Panel(img, "ground truth, T2WI", boxes, np.array([1, 2])),
+              Panel(img, "detected, T2WI", boxes, np.array([1, 2]), np.array([0.97, 0.61])),
+              Panel(img, "detected, T1WI", np.zeros((0, 4)), np.zeros(0, np.int64), np.zeros(0))]
+    path = draw_panels(panels, ("GTV", "GTVln"), tmp_path / "f.png")
+    from PIL import Image
+    rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    red = (rgb[..., 0] > 200) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60)
+    yellow = (rgb[..., 0] > 200) & (rgb[..., 1] > 200) & (rgb[..., 2] < 60)
+    blue = (rgb[..., 2] > 200) & (rgb[..., 0] < 80)
+    assert red.sum() > 50 and yellow.sum() > 50 and blue.sum() > 50
+
+
+def test_figure2_of_a_run(trained_run, det_run, tmp_path):
+    # the CE-T1WI detector stands in for the T2WI one; T1WI has no detector
+    run = tmp_path / "run"
+    shutil.copytree(det_run / "preprocessed", run / "preprocessed")
+    for seq in ("CE-T1WI", "T2WI"):
+        (run / "detection" / seq).mkdir(parents=True)
+        shutil.copy(trained_run.checkpoint_last, run / "detection" / seq / "checkpoint_last.pt")
+        shutil.copy(trained_run.metrics_path, run / "detection" / seq / "metrics.json")
+    ref = read_coco(run / "preprocessed" / "T2WI" / "coco_val.json")
+    index = pick_figure_slice(ref)
+    labels = [a["label"] for a in ref.annotations[ref.images[index]["id"]]]
+    others = [[a["label"] for a in ref.annotations[im["id"]]] for im in ref.images]
+    assert (len(set(labels)), len(labels)) == max((len(set(o)), len(o)) for o in others)
+    path = figure2(run, device="cpu", score_threshold=0.3)
+    assert path == run / "detection" / "figure2.png" and path.read_bytes()[:4] == b"\x89PNG"
+    table = table2_for_run(run)
+    rows = list(csv.DictReader(table.open()))
+    assert [r["sequence"] for r in rows] == ["T2WI", "CE-T1WI"]
+
+
+def test_slices_of_the_sequences_are_paired_by_patient_and_z(toy_run):
+    from npc_msom.detection.figures import _match_slice
+    t2 = read_coco(toy_run / "preprocessed" / "T2WI" / "coco_val.json")
+    ce = read_coco(toy_run / "preprocessed" / "CE-T1WI" / "coco_val.json")
+    for im in t2.images:
+        j = _match_slice(ce, im["patient_id"], im["z_mm"])
+        assert ce.images[j]["patient_id"] == im["patient_id"] and ce.images[j]["z_mm"] == im["z_mm"]
+    assert _match_slice(ce, t2.images[0]["patient_id"], t2.images[0]["z_mm"] + 30) is None

@@ -1,0 +1,122 @@
+"""The model factory: architecture settings, grey input, anchors, local weights files."""
+import pytest
+import torch
+from torchvision.models import resnet18
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from npc_msom.config import DetectionConfig
+from npc_msom.detection.model import anchor_sizes_for, build_model, load_weights
+from npc_msom.errors import ConfigError, InputError
+
+
+def test_paper_settings_of_the_model():
+    cfg = DetectionConfig(backbone="resnet50")
+    m = build_model(cfg, num_classes=3, image_size=512)
+    assert m.rpn.nms_thresh == 0.7
+    assert m.roi_heads.nms_thresh == 0.5
+    assert m.roi_heads.box_predictor.cls_score.out_features == 3
+    assert m.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 3
+    assert m.backbone.out_channels == 256
+    assert m.backbone.body.layer4[0].conv3.out_channels == 2048  # a ResNet-50 (bottleneck) body
+    assert m.transform.min_size == (512,) and m.transform.max_size == 512
+    gen = m.rpn.anchor_generator
+    assert [len(s) for s in gen.sizes] == [1] * 5 and all(len(r) == 3 for r in gen.aspect_ratios)
+    assert m.rpn.head.cls_logits.out_channels == 3  # 3 anchors (ratios) per location and level
+    # no weights: BatchNorm trained, every stage trainable
+    assert isinstance(m.backbone.body.bn1, torch.nn.BatchNorm2d)
+    assert all(p.requires_grad for p in m.backbone.body.parameters())
+
+
+def test_anchor_sizes_follow_the_input_size():
+    cfg = DetectionConfig()
+    # MMDetection's 32..512 px at 800 px, scaled to the input
+    assert anchor_sizes_for(512, cfg) == pytest.approx((20.5, 41.0, 81.9, 163.8, 327.7))
+    assert anchor_sizes_for(800, cfg) == (32, 64, 128, 256, 512)
+    # never below the level's stride
+    assert anchor_sizes_for(64, cfg) == (4, 8, 16, 32, 64)
+    assert anchor_sizes_for(128, DetectionConfig(anchor_sizes=(4, 8, 16, 32, 64))) == (4, 8, 16, 32, 64)
+    with pytest.raises(ConfigError):
+        anchor_sizes_for(128, DetectionConfig(anchor_sizes=(8, 16)))
+
+
+def test_unknown_backbone_is_a_config_error():
+    with pytest.raises(ConfigError, match="resnet18"):
+        build_model(DetectionConfig(backbone="vgg16"))
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet34"])
+def test_grey_slice_is_fed_as_three_identical_channels(backbone):
+    torch.manual_seed(0)
+    m = build_model(DetectionConfig(backbone=backbone, fpn_channels=32, score_threshold=0.0), image_size=64).eval()
+    grey = torch.rand(1, 64, 64)
+    with torch.no_grad():
+        a = m([grey])[0]
+        b = m([grey.expand(3, -1, -1).clone()])[0]
+        images, _ = m.transform([grey])
+    assert images.tensors.shape == (1, 3, 64, 64)  # not rescaled, three channels
+    assert torch.allclose(images.tensors[0, 0], (grey[0] - 0.15) / 0.2)
+    assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
+    assert a["masks"].shape[1:] == (1, 64, 64)
+
+
+def test_backbone_only_resnet_weights(tmp_path):
+    torch.manual_seed(1)
+    resnet = resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(resnet.state_dict(), path)  # torchvision's ImageNet layout, fc included
+    m = build_model(DetectionConfig(backbone="resnet18", weights=str(path), fpn_channels=32), image_size=64)
+    assert torch.equal(m.backbone.body.layer3[1].conv2.weight, resnet.layer3[1].conv2.weight)
+    assert torch.equal(m.backbone.body.bn1.running_var, resnet.bn1.running_var)
+    # as MMDetection with pretrained weights: frozen BN statistics, stem and stage 1 frozen
+    assert isinstance(m.backbone.body.bn1, FrozenBatchNorm2d)
+    assert not m.backbone.body.conv1.weight.requires_grad
+    assert not m.backbone.body.layer1[0].conv1.weight.requires_grad
+    assert m.backbone.body.layer2[0].conv1.weight.requires_grad
+    # MMDetection's naming of the same backbone (backbone.layer1...) loads the same way
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in resnet.state_dict().items()}}, path)
+    m2 = build_model(DetectionConfig(backbone="resnet18", weights=str(path), fpn_channels=32), image_size=64)
+    assert torch.equal(m2.backbone.body.layer4[0].conv1.weight, resnet.layer4[0].conv1.weight)
+
+
+def test_full_model_weights_and_mismatched_heads(tmp_path):
+    torch.manual_seed(2)
+    cfg = DetectionConfig(backbone="resnet18", fpn_channels=32)
+    src = build_model(cfg, num_classes=3, image_size=64)
+    path = tmp_path / "full.pt"
+    torch.save({"model": {f"module.{k}": v for k, v in src.state_dict().items()}}, path)
+    torch.manual_seed(3)
+    dst = build_model(DetectionConfig(backbone="resnet18", fpn_channels=32, norm="batch"), num_classes=4,
+                      image_size=64)
+    counts = load_weights(dst, path)
+    assert counts["mismatched"] > 0  # the 4-class heads keep their own initialisation
+    assert torch.equal(dst.backbone.fpn.inner_blocks[0][0].weight, src.backbone.fpn.inner_blocks[0][0].weight)
+    assert torch.equal(dst.roi_heads.box_head.fc6.weight, src.roi_heads.box_head.fc6.weight)
+
+
+def test_bad_weights_files(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        build_model(DetectionConfig(backbone="resnet18", weights=str(tmp_path / "missing.pt")))
+    path = tmp_path / "other.pt"
+    torch.save({"encoder.weight": torch.zeros(3)}, path)
+    with pytest.raises(InputError, match="unrecognised"):
+        build_model(DetectionConfig(backbone="resnet18", weights=str(path)))
+    torch.save(resnet18(weights=None).state_dict(), path)
+    with pytest.raises(InputError, match="do not fit"):
+        build_model(DetectionConfig(backbone="resnet50", weights=str(path)))
+
+
+def test_input_scale_resizes_inside_the_model_only():
+    """As MMDetection's 512 -> 800 px resize: the network sees a larger slice, the outputs come back
+    in the slice's own pixels."""
+    torch.manual_seed(0)
+    cfg = DetectionConfig(backbone="resnet18", fpn_channels=32, score_threshold=0.0, input_scale=2.0)
+    m = build_model(cfg, image_size=64).eval()
+    grey = torch.rand(1, 64, 64)
+    with torch.no_grad():
+        images, _ = m.transform([grey])
+        out = m([grey])[0]
+    assert images.tensors.shape[-2:] == (128, 128)
+    assert out["masks"].shape[-2:] == (64, 64) and float(out["boxes"].max()) <= 64
+    assert [s[0] for s in m.rpn.anchor_generator.sizes] == list(anchor_sizes_for(128, cfg))
+    with pytest.raises(ConfigError):
+        build_model(DetectionConfig(backbone="resnet18", input_scale=0.0))

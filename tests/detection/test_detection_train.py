@@ -1,0 +1,211 @@
+"""Training: loss falls, negatives train, artifacts, resume = uninterrupted, DDP on 2 CPU processes."""
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from npc_msom.config import dump_config
+from npc_msom.detection import build_model, load_detector, train_detector
+from npc_msom.detection.data import SliceDataset
+from npc_msom.detection.train import lr_factor, train_one_epoch
+from npc_msom.errors import TrainingError
+
+SEQ = "CE-T1WI"
+
+
+def _history(result):
+    return [json.loads(line) for line in result.history.read_text().splitlines()]
+
+
+def test_loss_falls_over_two_epochs(trained_run):
+    h = _history(trained_run)
+    assert [r["epoch"] for r in h] == [1, 2]
+    assert all(math.isfinite(r["loss"]) for r in h)
+    assert h[1]["loss"] < 0.8 * h[0]["loss"]
+    assert {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg",
+            "val_ap50", "val_map50", "images_per_s", "lr"} <= set(h[0])
+    assert set(h[1]["val_ap50"]) == {"GTV", "GTVln"}
+
+
+def test_run_writes_every_artifact(trained_run, det_run):
+    out = det_run / "detection" / SEQ
+    assert trained_run.out_dir == out
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt", "history.jsonl", "metrics.json", "table2.csv",
+                 "figures/figure2.png"):
+        assert (out / name).is_file(), name
+    val = json.loads((det_run / "preprocessed" / SEQ / "coco_val.json").read_text())
+    split = json.loads((det_run / "preprocessed" / "split.json").read_text())
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["sequence"] == SEQ and m["n_train_images"] == 32
+    assert m["n_val_images"] == len(val["images"]) and m["n_val_patients"] == len(split["val"])
+    assert sum(m["n_gt"].values()) == len(val["annotations"])
+    assert set(m["ap50"]) == {"GTV", "GTVln"} and m["evaluated_checkpoint"] == "last"
+    assert m == trained_run.metrics
+    assert (out / "figures/figure2.png").read_bytes()[:4] == b"\x89PNG"
+    row = next(csv.DictReader((out / "table2.csv").open()))
+    assert row["sequence"] == SEQ and row["validation slices"] == str(len(val["images"]))
+    assert not list(out.glob(".*.tmp"))  # atomic writes left nothing behind
+
+
+def test_checkpoints_load_with_weights_only(trained_run):
+    for path in (trained_run.checkpoint_last, trained_run.checkpoint_best):
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        assert ckpt["meta"]["class_names"] == ["GTV", "GTVln"]
+        assert ckpt["meta"]["image_size"] == 96 and ckpt["meta"]["backbone"] == "resnet18"
+        assert ckpt["config"]["detection"]["backbone"] == "resnet18"  # the resolved config, a plain dict
+        assert ckpt["config"]["seed"] == 0
+    last = torch.load(trained_run.checkpoint_last, map_location="cpu", weights_only=True)
+    assert last["epoch"] == 2 and {"optimizer", "scheduler", "model", "history"} <= set(last)
+    model, meta = load_detector(trained_run.checkpoint_last)
+    assert not model.training and meta["epoch"] == 2
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, last["model"][k]), k
+
+
+def test_slice_without_tumour_trains(tiny_config, toy_run):
+    from npc_msom.detection.data import read_coco
+    coco = read_coco(toy_run / "preprocessed" / SEQ / "coco_train.json")
+    negatives = [i for i, im in enumerate(coco.images) if not coco.annotations[im["id"]]]
+    ds = SliceDataset(coco.subset(negatives[:2]))
+    torch.manual_seed(0)
+    model = build_model(tiny_config().detection, image_size=64)
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=lambda b: tuple(zip(*b)))
+    stats = train_one_epoch(model, opt, sched, loader, torch.device("cpu"), show_progress=False)
+    assert stats["images"] == 2 and math.isfinite(stats["loss"]) and stats["loss"] > 0
+    assert stats["loss_mask"] == 0.0 and stats["loss_box_reg"] == 0.0  # nothing to segment or regress
+    changed = [k for k, v in model.named_parameters() if not torch.equal(v, before[k])]
+    assert any(k.startswith("rpn.") for k in changed) and any(k.startswith("roi_heads.box_predictor") for k in changed)
+
+
+def test_non_finite_loss_stops_training():
+    class Broken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, images, targets):
+            return {"loss_classifier": self.w * float("nan")}
+
+    model = Broken()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
+    batch = [([torch.zeros(1, 8, 8)], [{"boxes": torch.zeros(0, 4)}])]
+    with pytest.raises(TrainingError, match="non-finite loss"):
+        train_one_epoch(model, opt, sched, batch, torch.device("cpu"), show_progress=False)
+
+
+def test_mmdetection_schedule():
+    kw = dict(warmup_iters=10, warmup_ratio=0.001, milestones=[160, 220], gamma=0.1)
+    assert lr_factor(0, **kw) == pytest.approx(0.001)
+    assert lr_factor(5, **kw) == pytest.approx(0.001 + 0.999 * 0.5)
+    assert lr_factor(10, **kw) == 1.0 and lr_factor(159, **kw) == 1.0
+    assert lr_factor(160, **kw) == pytest.approx(0.1) and lr_factor(220, **kw) == pytest.approx(0.01)
+
+
+def test_resume_after_a_kill_equals_uninterrupted(trained_run, tiny_config, det_run, tmp_path, monkeypatch):
+    pre = det_run / "preprocessed" / SEQ
+    paths = dict(images_dir=pre, coco_train=pre / "coco_train.json", coco_val=pre / "coco_val.json",
+                 out_dir=tmp_path / "resumed")
+    original = SliceDataset.__getitem__
+    calls = {"n": 0}
+
+    def killed_mid_second_epoch(self, key):
+        epoch, _ = key  # the training loader asks for (epoch, index)
+        if epoch == 1:
+            calls["n"] += 1
+            if calls["n"] > 6:
+                raise KeyboardInterrupt("simulated kill")
+        return original(self, key)
+
+    monkeypatch.setattr(SliceDataset, "__getitem__", killed_mid_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_detector(tiny_config(), **paths)
+    monkeypatch.setattr(SliceDataset, "__getitem__", original)
+    half = torch.load(paths["out_dir"] / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    assert half["epoch"] == 1
+
+    result = train_detector(tiny_config(), resume=True, **paths)
+    assert result.epochs_run == 1
+    resumed = torch.load(result.checkpoint_last, map_location="cpu", weights_only=True)
+    straight = torch.load(trained_run.checkpoint_last, map_location="cpu", weights_only=True)
+    assert resumed["epoch"] == straight["epoch"] == 2
+    for k, v in straight["model"].items():
+        assert torch.equal(resumed["model"][k], v), k
+    for a, b in zip(resumed["optimizer"]["state"].values(), straight["optimizer"]["state"].values()):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    assert [h["loss"] for h in _history(result)] == [h["loss"] for h in _history(trained_run)]
+
+
+def test_user_coco_dataset_elsewhere(tiny_config, det_run, tmp_path):
+    """train-detector --coco-images DIR --coco-train FILE --coco-val FILE --out DIR."""
+    pre = det_run / "preprocessed" / "T2WI"
+    for part in ("train", "val"):
+        data = json.loads((pre / f"coco_{part}.json").read_text())
+        data["categories"] = [{"id": 5, "name": "gtvln"}, {"id": 6, "name": "gtv"}]
+        for a in data["annotations"]:
+            a["category_id"] = {1: 6, 2: 5}[a["category_id"]]
+        for im in data["images"]:  # a user's export without our extra fields
+            for key in [k for k in im if k not in ("id", "file_name", "width", "height")]:
+                im.pop(key)
+        (tmp_path / f"{part}.json").write_text(json.dumps(data))
+    result = train_detector(tiny_config(epochs=1, max_train_images=12), images_dir=pre,
+                            coco_train=tmp_path / "train.json", coco_val=tmp_path / "val.json",
+                            out_dir=tmp_path / "out")
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert m["class_names"] == ["GTV", "GTVln"] and m["n_train_images"] == 12 and m["n_gt"]["GTVln"] > 0
+    assert (tmp_path / "out" / "figures" / "figure2.png").is_file()
+    _, meta = load_detector(result.checkpoint_last)
+    assert meta["class_names"] == ["GTV", "GTVln"]
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_complete_an_epoch(tiny_config, det_run, tmp_path):
+    cfg_path = tmp_path / "config.yaml"
+    cfg_path.write_text(dump_config(tiny_config(epochs=1)))
+    script = tmp_path / "train_ddp.py"
+    pre = det_run / "preprocessed" / SEQ
+    script.write_text(textwrap.dedent(f"""
+        import json, sys, torch
+        torch.set_num_threads(1)
+        from npc_msom.config import load_config
+        from npc_msom.detection import train_detector
+        r = train_detector(load_config({str(cfg_path)!r}), images_dir={str(pre)!r},
+                           coco_train={str(pre / 'coco_train.json')!r}, coco_val={str(pre / 'coco_val.json')!r},
+                           out_dir={str(tmp_path / 'out')!r})
+    """))
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert m["world_size"] == 2
+    history = [json.loads(line) for line in (tmp_path / "out" / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 1 and history[0]["images"] == 32  # both processes' 16 images, each counted once
+    ckpt = torch.load(tmp_path / "out" / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in ckpt["model"])
+
+
+def test_missing_preprocessing_and_foreign_checkpoint(tiny_config, det_run, tmp_path):
+    from npc_msom.detection import train_detector_for_run
+    from npc_msom.detection.model import amp_dtype
+    from npc_msom.errors import InputError
+    with pytest.raises(InputError, match="preprocessing"):
+        train_detector_for_run(tiny_config(), tmp_path, SEQ)
+    assert amp_dtype(torch.device("cpu"), True) is None  # mixed precision only on CUDA
+    out = tmp_path / "out"
+    out.mkdir()
+    torch.save({"model": {}}, out / "checkpoint_last.pt")
+    pre = det_run / "preprocessed" / SEQ
+    with pytest.raises(TrainingError, match="cannot resume"):
+        train_detector(tiny_config(), images_dir=pre, coco_train=pre / "coco_train.json",
+                       coco_val=pre / "coco_val.json", out_dir=out, resume=True)
