@@ -16,18 +16,7 @@ import pytest
 from npc_msom.evaluation import (bootstrap_aucs, delong_covariance, delong_test, roc_auc,
                                  roc_curve)
 
-# the project's shared reference folder sits beside the checkout; NPC_MSOM_SHARED overrides it
-SHARED = Path(os.environ.get("NPC_MSOM_SHARED", Path(__file__).resolve().parents[3] / "shared"))
-ASAH = SHARED / "reference" / "pROC_aSAH" / "aSAH.csv"
 
-
-@pytest.fixture(scope="module")
-def asah() -> pd.DataFrame:
-    if not ASAH.exists():  # the shared reference folder sits beside the checkout
-        pytest.skip(f"pROC reference data not found at {ASAH}")
-    df = pd.read_csv(ASAH)
-    df["y"] = (df["outcome"] == "Poor").astype(int)  # pROC levels: Good = control, Poor = case
-    return df
 
 
 # ----------------------------------------------------------------- against pROC

@@ -19,17 +19,7 @@ import pytest
 from npc_msom.evaluation import (metrics_at_cutoffs, median_cutoff, threshold_metrics, wilson_ci,
                                  youden_cutoff)
 
-SHARED = Path(os.environ.get("NPC_MSOM_SHARED", Path(__file__).resolve().parents[3] / "shared"))
-ASAH = SHARED / "reference" / "pROC_aSAH" / "aSAH.csv"
 
-
-@pytest.fixture(scope="module")
-def asah() -> pd.DataFrame:
-    if not ASAH.exists():
-        pytest.skip(f"pROC reference data not found at {ASAH}")
-    df = pd.read_csv(ASAH)
-    df["y"] = (df["outcome"] == "Poor").astype(int)
-    return df
 
 
 @pytest.mark.parametrize("k, n, lo, hi", [
