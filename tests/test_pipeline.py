@@ -10,11 +10,16 @@ from npc_msom.cli import main
 def test_inspect_lists_three_sequences_and_both_structures(synth_cohort_dir, capsys):
     assert main(["inspect", str(synth_cohort_dir)]) == 0
     text = capsys.readouterr().out
-    ids = pd.read_csv(synth_cohort_dir / "clinical.csv")["patient_id"]
-    for pid in ids:
-        assert pid in text
-    for seq in ("T1WI", "T2WI", "CE-T1WI"):
-        assert seq in text
+    clinical = pd.read_csv(synth_cohort_dir / "clinical.csv").set_index("patient_id")
+    blocks = {b.split()[0]: b for b in text.split("\n\n") if b.startswith("NPC")}
+    assert sorted(blocks) == sorted(clinical.index)
+    for pid, block in blocks.items():
+        for seq in ("T1WI", "T2WI", "CE-T1WI"):
+            line = next(ln for ln in block.splitlines() if ln.strip().startswith(seq + " "))
+            assert "GTV (" in line, line
+            # nodes are contoured for N+ patients; an N0 patient says so instead of dropping them
+            expect = "GTVln: none contoured" if clinical.loc[pid, "n_stage"] == "N0" else "GTVln ("
+            assert expect in line, line
 
 
 def test_run_writes_manifest_preprocessed_slices_and_table1(small_run):

@@ -663,9 +663,12 @@ def inspect_cohort(path: str | Path, config: CohortConfig | None = None,
 
 
 def _fmt_structs(structs: dict[str, list[str]]) -> str:
-    if not structs:
-        return "no structures"
-    return ", ".join(f"{k} ({', '.join(v)})" for k, v in structs.items())
+    # every structure is named, the absent ones too: a patient without GTVln (N0) must read as
+    # "none contoured", not look like an ROI the reader lost
+    from npc_msom.config import STRUCTURES
+    parts = [f"{k} ({', '.join(structs[k])})" if structs.get(k) else f"{k}: none contoured" for k in STRUCTURES]
+    parts += [f"{k} ({', '.join(v)})" for k, v in structs.items() if k not in STRUCTURES]
+    return ", ".join(parts)
 
 
 def format_manifest(m: dict) -> str:
