@@ -102,3 +102,23 @@ def test_slices_of_the_sequences_are_paired_by_patient_and_z(toy_run):
         j = _match_slice(ce, im["patient_id"], im["z_mm"])
         assert ce.images[j]["patient_id"] == im["patient_id"] and ce.images[j]["z_mm"] == im["z_mm"]
     assert _match_slice(ce, t2.images[0]["patient_id"], t2.images[0]["z_mm"] + 30) is None
+
+
+def test_figure_slice_prefers_a_level_present_in_every_sequence(tmp_path):
+    """Each sequence keeps every n-th slice on its own grid: the figure's slice must have a partner
+    (within the tolerance) in the other sequences, even if a larger tumour is shown elsewhere."""
+    from pathlib import Path
+
+    from npc_msom.detection.data import CocoSlices
+
+    def coco(zs, areas):
+        images = tuple({"id": i + 1, "file_name": f"{i}.png", "width": 8, "height": 8,
+                        "patient_id": "P1", "z_mm": z} for i, z in enumerate(zs))
+        anns = {i + 1: [{"label": 1, "area": a, "iscrowd": 0}] for i, a in enumerate(areas)}
+        return CocoSlices(Path("x.json"), Path("."), ("GTV", "GTVln"), images, anns)
+
+    t2 = coco([10.0, 20.0], [500.0, 100.0])   # the bigger tumour is at z = 10
+    t1 = coco([13.0, 21.0], [50.0, 50.0])      # but T1WI has no slice within 1.5 mm of 10
+    assert pick_figure_slice(t2) == 0
+    assert pick_figure_slice(t2, [t1], tol_mm=1.5) == 1
+    assert pick_figure_slice(t2, [coco([40.0], [1.0])], tol_mm=1.5) == 0  # no common level: best alone

@@ -68,18 +68,29 @@ def draw_panels(panels: Sequence[Panel], class_names: Sequence[str], path: str |
     return path
 
 
-def pick_figure_slice(coco: CocoSlices) -> int | None:
+def _figure_key(coco: CocoSlices, i: int):
+    anns = [a for a in coco.annotations.get(coco.images[i]["id"], []) if not a.get("iscrowd", 0)]
+    if not anns:
+        return None
+    return (len({a["label"] for a in anns}), len(anns), sum(float(a.get("area", 0.0)) for a in anns))
+
+
+def pick_figure_slice(coco: CocoSlices, others: Sequence[CocoSlices] = (), tol_mm: float = 1.5) -> int | None:
     """Index of the slice to show: most classes present, then most objects, then largest tumour
-    area, then the first in file order (deterministic). None when nothing has ground truth."""
-    best, best_key = None, None
-    for i, im in enumerate(coco.images):
-        anns = [a for a in coco.annotations.get(im["id"], []) if not a.get("iscrowd", 0)]
-        if not anns:
-            continue
-        key = (len({a["label"] for a in anns}), len(anns), sum(float(a.get("area", 0.0)) for a in anns))
-        if best_key is None or key > best_key:
-            best, best_key = i, key
-    return best
+    area, then the first in file order (deterministic). None when nothing has ground truth.
+
+    With ``others`` (the other sequences' validation slices), slices that have a partner within
+    ``tol_mm`` in every other sequence come first: each sequence keeps its own slices (every n-th
+    on its own grid), so an exact common z is the exception.
+    """
+    ranked = [(k, -i) for i in range(len(coco.images)) if (k := _figure_key(coco, i)) is not None]
+    ranked.sort(reverse=True)
+    for _, neg_i in ranked:
+        im = coco.images[-neg_i]
+        if all(_match_slice(o, im.get("patient_id"), float(im.get("z_mm", 0.0)), tol_mm) is not None
+               for o in others):
+            return -neg_i
+    return -ranked[0][1] if ranked else None
 
 
 def _gt_panel(coco: CocoSlices, index: int, title: str) -> Panel:
@@ -125,14 +136,14 @@ def _match_slice(coco: CocoSlices, patient_id, z_mm: float, tol_mm: float = 0.5)
 
 def figure2(run_dir: str | Path, out_path: str | Path | None = None, device="cpu", *,
             checkpoint: str = "last", patient_id: str | None = None, z_mm: float | None = None,
-            score_threshold: float = 0.5) -> Path | None:
+            score_threshold: float = 0.5, match_tol_mm: float = 1.5) -> Path | None:
     """The study's Figure 2 for a run: (A) ground truth in red on T2WI, (B-D) detections of each
     sequence's detector on T2WI, T1WI and CE-T1WI at the same patient and z.
 
     Reads ``<run>/preprocessed/<seq>/coco_val.json`` and ``<run>/detection/<seq>/checkpoint_<checkpoint>.pt``;
     writes ``<run>/detection/figure2.png`` by default. The slice is the T2WI validation slice
     chosen by :func:`pick_figure_slice` unless ``patient_id`` and ``z_mm`` are given; slices of the
-    other sequences are matched by patient and z (within 0.5 mm; the sequences share a frame of
+    other sequences are matched by patient and z (within ``match_tol_mm``; the sequences share a frame of
     reference). A sequence without a detector or without that slice gets a panel saying so.
     Returns the path, or None when no sequence has validation data.
     """
@@ -152,7 +163,7 @@ def figure2(run_dir: str | Path, out_path: str | Path | None = None, device="cpu
     if patient_id is not None and z_mm is not None:
         index = _match_slice(ref, patient_id, z_mm)
     else:
-        index = pick_figure_slice(ref)
+        index = pick_figure_slice(ref, [c for s, c in cocos.items() if s != ref_seq], tol_mm=match_tol_mm)
     if index is None:
         log.warning("no suitable %s validation slice: Figure 2 not drawn", ref_seq)
         return None
@@ -162,7 +173,7 @@ def figure2(run_dir: str | Path, out_path: str | Path | None = None, device="cpu
     for seq in FIGURE2_SEQUENCES:
         ckpt = run_dir / "detection" / seq / f"checkpoint_{checkpoint}.pt"
         coco = cocos.get(seq)
-        i = None if coco is None else (index if seq == ref_seq else _match_slice(coco, pid, z))
+        i = None if coco is None else (index if seq == ref_seq else _match_slice(coco, pid, z, match_tol_mm))
         if coco is None or i is None or not ckpt.is_file():
             blank = np.zeros_like(panels[0].image)
             why = "no detector" if not ckpt.is_file() else "no matching slice"
