@@ -159,6 +159,23 @@ def _to_stored(image: np.ndarray) -> tuple[np.ndarray, float, float, int]:
 
 # ------------------------------------------------------------------------------ MR writer
 
+def _patient_and_equipment(ds: Dataset, *, modality: str, patient_id: str, patient_name: str | None,
+                           station: str, model: str, description: str) -> None:
+    """Patient, series-description and equipment tags shared by the MR and RTSTRUCT writers; the
+    default PatientName is the same for both, so a reader sees one patient."""
+    ds.AccessionNumber = ""
+    ds.Modality = modality
+    ds.Manufacturer = "NPC-MSOM synthetic"
+    ds.ReferringPhysicianName = ""
+    ds.StationName = station
+    ds.SeriesDescription = description
+    ds.ManufacturerModelName = model
+    ds.PatientName = patient_name if patient_name is not None else f"Synthetic^{patient_id}"
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+
+
 def write_mr_series(out_dir: str | Path, image: np.ndarray, geometry: Geometry, *,
                     patient_id: str, study_uid: str, frame_of_reference_uid: str,
                     series_description: str, series_number: int,
@@ -210,19 +227,10 @@ def write_mr_series(out_dir: str | Path, image: np.ndarray, geometry: Geometry, 
     ds.SeriesTime = f"09{series_number % 60:02d}00"
     ds.AcquisitionTime = ds.SeriesTime
     ds.ContentTime = ds.SeriesTime
-    ds.AccessionNumber = ""
-    ds.Modality = "MR"
-    ds.Manufacturer = "NPC-MSOM synthetic"
+    _patient_and_equipment(ds, modality="MR", patient_id=patient_id, patient_name=patient_name,
+                           station="SYNTH15T", model="Synth 1.5T", description=series_description)
     ds.InstitutionName = "Synthetic Hospital"
-    ds.ReferringPhysicianName = ""
-    ds.StationName = "SYNTH15T"
     ds.StudyDescription = "MR NASOPHARYNX"
-    ds.SeriesDescription = series_description
-    ds.ManufacturerModelName = "Synth 1.5T"
-    ds.PatientName = patient_name if patient_name is not None else f"Synthetic^{patient_id}"
-    ds.PatientID = patient_id
-    ds.PatientBirthDate = ""
-    ds.PatientSex = ""
     ds.BodyPartExamined = "HEADNECK"
     ds.ScanningSequence = "SE"
     ds.SequenceVariant = ["SK", "SP"]
@@ -402,18 +410,9 @@ def write_rtstruct(path: str | Path, series: WrittenSeries, rois: Mapping[str, S
     ds.SOPInstanceUID = sop_uid
     ds.StudyDate = "20200101"
     ds.StudyTime = "090000"
-    ds.AccessionNumber = ""
-    ds.Modality = "RTSTRUCT"
-    ds.Manufacturer = "NPC-MSOM synthetic"
-    ds.ReferringPhysicianName = ""
-    ds.StationName = "SYNTHTPS"
-    ds.SeriesDescription = structure_set_label
+    _patient_and_equipment(ds, modality="RTSTRUCT", patient_id=series.patient_id, patient_name=patient_name,
+                           station="SYNTHTPS", model="Synth TPS", description=structure_set_label)
     ds.OperatorsName = ""
-    ds.ManufacturerModelName = "Synth TPS"
-    ds.PatientName = patient_name if patient_name is not None else f"Synthetic^{series.patient_id}"
-    ds.PatientID = series.patient_id
-    ds.PatientBirthDate = ""
-    ds.PatientSex = ""
     ds.StudyInstanceUID = series.study_uid
     ds.SeriesInstanceUID = rt_series_uid
     ds.FrameOfReferenceUID = series.frame_of_reference_uid
