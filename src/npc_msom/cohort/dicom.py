@@ -155,6 +155,9 @@ def _expected_pixel_bytes(ds) -> int | None:
     frames = _int(ds, "NumberOfFrames", 1) or 1
     if not rows or not cols:
         return None
+    if bits == 1:
+        # 1-bit pixels (DICOM SEG, overlays) are packed 8 to a byte across frames (PS3.5 8.1.1)
+        return (rows * cols * spp * frames + 7) // 8
     return rows * cols * spp * frames * max(bits, 8) // 8
 
 

@@ -245,7 +245,8 @@ def _match_rtstruct(ss: StructureSet, series: dict[str, dcm.SeriesIndex], sop_to
     cands = [u for u in ss.referenced_series_uids if u in series]
     how = "referenced series UID"
     if not cands and ss.referenced_sop_uids:
-        cands = sorted({sop_to_series[u] for u in ss.referenced_sop_uids if u in sop_to_series})
+        cands = sorted({sop_to_series[u] for u in ss.referenced_sop_uids
+                        if u in sop_to_series and sop_to_series[u] in series})
         how = "referenced SOP instances"
     if not cands and not ss.referenced_series_uids and not ss.referenced_sop_uids:
         cands = [u for u, s in series.items() if s.sequence is not None
@@ -340,12 +341,18 @@ def _index_dicom_patient(pid: str, images: list[dcm.ImageFile], rtfiles: list[dc
     rt_notes: list[dict] = []
     for rf in rtfiles:
         ss = _parse_rtstruct(rf.path, config, pid)
-        # match against classified series first; an RTSTRUCT on an ignored series is only noted
-        ignored_ref = [u for u in ss.referenced_series_uids if u in all_series_uids and u not in series]
-        if ignored_ref and not any(u in series for u in ss.referenced_series_uids):
+        # match against classified series first; an RTSTRUCT on an ignored series (a CT, an
+        # unclassified or unusable MR series) is only noted. The series it was drawn on comes from
+        # RTReferencedStudySequence or, when that optional sequence is absent, from its images.
+        refs = list(dict.fromkeys(ss.referenced_series_uids
+                                  + sorted({sop_to_series[u] for u in ss.referenced_sop_uids
+                                            if u in sop_to_series})))
+        ignored_ref = [u for u in refs if u in all_series_uids and u not in series]
+        if ignored_ref and not any(u in series for u in refs):
             desc = by_series[ignored_ref[0]][0].description
+            why = next((i["reason"] for i in ignored if i["series_uid"] == ignored_ref[0]), "not used")
             rt_notes.append({"file": _rel(rf.path, root),
-                             "reason": f"drawn on ignored series {desc!r}"})
+                             "reason": f"drawn on ignored series {desc!r} ({why})"})
             continue
         uid, how = _match_rtstruct(ss, series, sop_to_series, series_owner, pid)
         if how.startswith("frame of reference"):

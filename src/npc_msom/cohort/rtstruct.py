@@ -82,6 +82,14 @@ def fill_polygons(polygons: list[np.ndarray], shape: tuple[int, int]) -> np.ndar
     polys = [p for p in polys if len(p) >= 1]
     if not polys or ny == 0 or nx == 0:
         return out
+    # A vertex within _EPS of a pixel row is put on it: contours drawn through pixel centres of an
+    # oblique series come back a hair off the row (float and DS rounding), and an edge tilted by
+    # 1e-9 px would otherwise be neither horizontal (boundary) nor crossed by its row (parity).
+    ys_all = np.concatenate([p[:, 1] for p in polys])
+    ys_row = np.round(ys_all)
+    ys_all = np.where(np.abs(ys_all - ys_row) < _EPS, ys_row, ys_all)
+    polys = [np.column_stack([p[:, 0], y]) for p, y in
+             zip(polys, np.split(ys_all, np.cumsum([len(p) for p in polys])[:-1]))]
     x0 = np.concatenate([p[:, 0] for p in polys])
     y0 = np.concatenate([p[:, 1] for p in polys])
     x1 = np.concatenate([np.roll(p[:, 0], -1) for p in polys])
