@@ -1,15 +1,30 @@
 """Patient-level splits, stratified by outcome and seeded; never a patient in two sets."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from sklearn.model_selection import RepeatedStratifiedKFold, train_test_split
 
+from npc_msom.errors import InputError
+
+log = logging.getLogger(__name__)
+
 
 def train_val_split(patient_ids: list[str], labels: list[int], val_fraction: float, seed: int) -> dict:
-    """{"train": [...], "val": [...]} with the outcome's proportion kept in both (when possible)."""
+    """{"train": [...], "val": [...]} with the outcome's proportion kept in both (when possible).
+
+    At least one patient goes to each set; a one-patient cohort (a usual first try) has no
+    validation patient: it is all "train", with a "note" saying so, and a warning is logged.
+    """
     ids = np.asarray(patient_ids)
     y = np.asarray(labels)
-    n_val = max(1, int(round(len(ids) * val_fraction)))
+    if len(ids) < 2:
+        note = (f"only {len(ids)} patient: no validation set (a split needs at least 2 patients); "
+                "validation metrics will be empty")
+        log.warning("split: %s", note)
+        return {"train": sorted(ids.tolist()), "val": [], "note": note}
+    n_val = min(len(ids) - 1, max(1, int(round(len(ids) * val_fraction))))
     stratify = y if min(np.bincount(y.astype(int))) >= 2 and n_val >= len(set(y)) else None
     train, val = train_test_split(ids, test_size=n_val, random_state=seed, stratify=stratify)
     return {"train": sorted(train.tolist()), "val": sorted(val.tolist())}
@@ -18,6 +33,9 @@ def train_val_split(patient_ids: list[str], labels: list[int], val_fraction: flo
 def repeated_kfold(patient_ids: list[str], labels: list[int], folds: int, repeats: int, seed: int) -> list[dict]:
     """Repeated stratified k-fold: a list of {"repeat", "fold", "train", "val"}."""
     ids = np.asarray(patient_ids)
+    if folds > len(ids):
+        raise InputError(f"{folds}-fold cross-validation of a cohort of {len(ids)} patient(s)",
+                         expected=f"at least {folds} patients, or preprocess.folds <= {len(ids)}")
     rskf = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
     out = []
     for i, (tr, va) in enumerate(rskf.split(ids, np.asarray(labels))):

@@ -129,6 +129,7 @@ def _process_patient(args) -> list[dict]:
     except InputError as e:
         if not getattr(cohort, "skip_bad", False):
             raise
+        log.warning("preprocess: patient %s skipped: %s", pid, e)
         return [{"patient": pid, "sequence": None, "reason": str(e)}]
     # one generator per patient, so results do not depend on the order or number of workers
     rng = np.random.default_rng([seed, int(hashlib.sha1(pid.encode()).hexdigest()[:8], 16)])
@@ -194,12 +195,20 @@ def preprocess(config: Config, cohort, out_dir: str | Path) -> PreprocessResult:
     else:
         for job in progress(jobs, desc="preprocess"):
             skipped += _process_patient(job)
+    # a patient skipped while its pixels loaded (skip_bad) has no records: it is left out of the
+    # COCO files and slices.csv (it stays in split.json, so the split does not change when it is
+    # fixed) and is tried again by the next run
+    failed = {s["patient"] for s in skipped if s["sequence"] is None}
+    done_ids = [pid for pid in ids if pid not in failed]
+    if not done_ids:
+        raise InputError(f"no patient could be preprocessed: all {len(ids)} were skipped "
+                         f"(first: {skipped[0]['reason']})", expected="at least one readable patient")
     n_images, n_anns = {}, {}
     for seq in cfg.sequences:
-        n_images[seq], n_anns[seq] = _assemble(out_dir / seq, ids, split)
+        n_images[seq], n_anns[seq] = _assemble(out_dir / seq, done_ids, split)
     # skips of patients done in an earlier (killed) run are read back from their records
     for seq in cfg.sequences:
-        for pid in ids:
+        for pid in done_ids:
             rec = json.loads((out_dir / seq / "patients" / f"{pid}.json").read_text())
             if not rec["present"] and not any(s["patient"] == pid and s["sequence"] == seq for s in skipped):
                 skipped.append({"patient": pid, "sequence": seq, "reason": f"no {seq} series"})
