@@ -64,7 +64,9 @@ def _draw_panel(ax, tab, panel: KMPanel, ticks: np.ndarray, xlabel: str) -> None
         ax.plot(c.time[cens], c.survival[cens], ls="none", marker="|", ms=5, mew=0.9, color=color, zorder=4)
     title = None
     if panel.logrank is not None:
-        title = f"Log-rank \u03c7\u00b2 = {panel.logrank.chi2:.2f}, {panel.logrank.format_p()}"
+        lr = panel.logrank
+        title = (f"Log-rank \u03c7\u00b2 = {lr.chi2:.2f}, {lr.format_p()}" if lr.tested
+                 else f"Log-rank: {lr.format_p()}")
     # legend above the plot area, under the title: inside it would hide the curves' start
     ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.01), frameon=False, title=title,
               alignment="left", borderaxespad=0.0, handlelength=1.5)

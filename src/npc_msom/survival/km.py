@@ -140,9 +140,18 @@ class LogRankResult(ResultMixin):
     n: tuple[int, ...]
     observed: tuple[float, ...]
     expected: tuple[float, ...]
+    # why there is no test (chi2 and p_value nan, df 0), or which groups were left out of it
+    note: str = ""
+
+    @property
+    def tested(self) -> bool:
+        """False when no test was possible (no events, or fewer than two groups at risk)."""
+        return self.df > 0 and math.isfinite(self.p_value)
 
     def format_p(self) -> str:
-        """'p < 0.001' or 'p = 0.012', as papers print it."""
+        """'p < 0.001' or 'p = 0.012', as papers print it; 'no test (why)' when none was possible."""
+        if not self.tested:
+            return f"no test ({self.note})" if self.note else "no test"
         return "p < 0.001" if self.p_value < 0.001 else f"p = {self.p_value:.3f}"
 
 
@@ -270,11 +279,13 @@ def logrank_test(time, event, group, groups: Sequence | None = None) -> LogRankR
         group: (N,) group labels; at least two distinct groups.
         groups: the expected labels (and the order of the result); others raise.
 
-    The statistic and p-value come from lifelines' ``multivariate_logrank_test``; observed and
-    expected events per group are computed here (lifelines does not return them).
+    The statistic is R's: with O - E and the hypergeometric variance V summed over event times,
+    chi2 = (O - E)' V^- (O - E) over the groups with expected events > 0, minus one of them; so
+    a group with no patient at risk at any event time (e.g. one patient censored before the first
+    event) is left out and df = (groups with E > 0) - 1, as ``survdiff`` does (lifelines keeps
+    such a group in df). With no events, or fewer than two groups with E > 0, there is no test:
+    chi2 and p_value are nan, df is 0 and ``note`` says why (R prints no test either).
     """
-    from lifelines.statistics import multivariate_logrank_test
-
     t, e = _check_survival_inputs(time, event)
     g = _checks.labels(group, "group", allowed=groups)
     _checks.same_length(time=t, group=g)
@@ -283,17 +294,41 @@ def logrank_test(time, event, group, groups: Sequence | None = None) -> LogRankR
         raise ValueError(f"the log-rank test needs at least two groups, got {order}")
     gi = np.array([order.index(v) for v in g.tolist()])
     event_times = np.unique(t[e == 1])
+    k = len(order)
     # at risk (time >= s) and events (time == s, event) per event time s and group: (T, G)
-    at_risk = np.stack([(t[gi == k][None, :] >= event_times[:, None]).sum(1) for k in range(len(order))], 1)
-    deaths = np.stack([((t[(gi == k) & (e == 1)][None, :] == event_times[:, None]).sum(1))
-                       for k in range(len(order))], 1)
-    d_tot = deaths.sum(1, keepdims=True)
-    n_tot = at_risk.sum(1, keepdims=True)
+    at_risk = np.stack([(t[gi == j][None, :] >= event_times[:, None]).sum(1) for j in range(k)], 1)
+    deaths = np.stack([((t[(gi == j) & (e == 1)][None, :] == event_times[:, None]).sum(1))
+                       for j in range(k)], 1)
+    d_tot = deaths.sum(1, keepdims=True).astype(float)
+    n_tot = at_risk.sum(1, keepdims=True).astype(float)
     expected = (d_tot * at_risk / n_tot).sum(0)
     observed = deaths.sum(0)
-    res = multivariate_logrank_test(t, gi, e)
-    return LogRankResult(chi2=float(res.test_statistic), df=int(res.degrees_of_freedom),
-                         p_value=float(res.p_value), groups=tuple(str(x) for x in order),
-                         n=tuple(int((gi == k).sum()) for k in range(len(order))),
+    # hypergeometric variance, summed over event times with more than one patient at risk
+    w = np.where(n_tot > 1, d_tot * (n_tot - d_tot) / (n_tot ** 2 * np.maximum(n_tot - 1, 1)), 0.0)[:, 0]
+    frac = at_risk.astype(float)
+    var = np.einsum("t,tj,tk->jk", w, frac, frac) * -1.0
+    var[np.diag_indices(k)] += np.einsum("t,tj->j", w * n_tot[:, 0], frac)
+    keep = np.nonzero(expected > 0)[0]
+    dropped = [str(order[j]) for j in range(k) if expected[j] <= 0]
+    note = ""
+    if len(event_times) == 0:
+        chi2, df, p = math.nan, 0, math.nan
+        note = "no events"
+    elif len(keep) < 2:
+        chi2, df, p = math.nan, 0, math.nan
+        note = f"fewer than two groups have patients at risk at an event time (no events expected in {', '.join(dropped)})"
+    else:
+        diff = (observed - expected)[keep][1:]
+        v = var[np.ix_(keep, keep)][1:, 1:]
+        chi2 = float(diff @ np.linalg.pinv(v) @ diff)
+        df = len(keep) - 1
+        p = float(stats.chi2.sf(chi2, df))
+        if dropped:
+            note = (f"group(s) {', '.join(dropped)} left out of the test: no patient at risk at any event "
+                    f"time (0 expected events), as R's survdiff does")
+    if note:
+        log.warning("log-rank test: %s", note)
+    return LogRankResult(chi2=chi2, df=int(df), p_value=p, groups=tuple(str(x) for x in order),
+                         n=tuple(int((gi == j).sum()) for j in range(k)),
                          observed=tuple(float(x) for x in observed),
-                         expected=tuple(float(x) for x in expected))
+                         expected=tuple(float(x) for x in expected), note=note)
