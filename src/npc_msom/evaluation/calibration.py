@@ -65,6 +65,9 @@ class CalibrationResult(ResultMixin):
     level: float
     strategy: str
     bins: tuple[CalibrationBin, ...]
+    # what was done to the data or could not be estimated (e.g. predictions of exactly 0 or 1
+    # clipped before the logit); empty when nothing
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -150,6 +153,13 @@ def calibration(y_true, y_prob, n_bins: int = 10, strategy: str = "quantile",
     brier = float(np.mean((p - y) ** 2))
     brier_null = prev * (1 - prev)
     lp = np.log(np.clip(p, _EPS, 1 - _EPS) / (1 - np.clip(p, _EPS, 1 - _EPS)))
+    notes: list[str] = []
+    n_clipped = int(((p < _EPS) | (p > 1 - _EPS)).sum())
+    if n_clipped:
+        notes.append(f"{n_clipped} prediction(s) of exactly 0 or 1 (within {_EPS:g}) were clipped to "
+                     f"[{_EPS:g}, 1 - {_EPS:g}] before the logit of the intercept and slope; the Brier "
+                     f"score and the curve use them as they are")
+        log.warning("calibration: %s", notes[-1])
 
     nan3 = (math.nan, math.nan, math.nan)
     fit_a = _logistic_fit(None, y, offset=lp)
@@ -162,8 +172,9 @@ def calibration(y_true, y_prob, n_bins: int = 10, strategy: str = "quantile",
     b = nan3 if fit_b is None else (float(fit_b[0][1]), float(fit_b[0][1] - z * fit_b[1][1]),
                                     float(fit_b[0][1] + z * fit_b[1][1]))
     if fit_a is None or fit_b is None:
-        log.warning("calibration intercept or slope could not be estimated (constant predictions "
-                    "or perfect separation); reported as nan")
+        notes.append("calibration intercept or slope could not be estimated (constant predictions "
+                     "or perfect separation); reported as nan")
+        log.warning("%s", notes[-1])
 
     edges = _bin_edges(p, int(n_bins), strategy)
     # right-closed last bin so that p == 1 (or the maximum) falls inside
@@ -179,7 +190,7 @@ def calibration(y_true, y_prob, n_bins: int = 10, strategy: str = "quantile",
         bins.append(CalibrationBin(float(edges[k]), float(edges[k + 1]), nk, ek,
                                    float(p[sel].mean()), ek / nk, lo, hi))
     return CalibrationResult(brier, brier_null, *a, *b, n=int(y.size), n_events=int(y.sum()),
-                             level=level, strategy=strategy, bins=tuple(bins))
+                             level=level, strategy=strategy, bins=tuple(bins), notes=tuple(notes))
 
 
 def decision_curve(y_true, y_prob, thresholds=None) -> DecisionCurve:

@@ -43,10 +43,24 @@ class AUCResult(ResultMixin):
     n_neg: int
     n_boot: int | None = None
     seed: int | None = None
+    # why the interval is not an ordinary one (zero width, undefined); empty otherwise
+    note: str = ""
 
     def format(self, digits: int = 3) -> str:
-        """'0.733 (95% CI 0.559–0.909)'."""
-        return fmt_ci(self.auc, self.ci_low, self.ci_high, self.level, digits)
+        """'0.733 (95% CI 0.559–0.909)', with '[note]' appended when ``note`` is set."""
+        text = fmt_ci(self.auc, self.ci_low, self.ci_high, self.level, digits)
+        return f"{text} [{self.note}]" if self.note else text
+
+
+def _zero_width_note(auc: float, lo: float, hi: float) -> str:
+    """A note for an interval of zero width: it shows no sampling uncertainty, not certainty."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi - lo > 1e-12:
+        return ""
+    why = ("the scores separate cases from controls perfectly" if auc in (0.0, 1.0)
+           else "every case-control pair is tied" if auc == 0.5 else "no case-control pair varies")
+    note = f"zero-width CI: {why}, so the interval shows no sampling uncertainty"
+    log.warning("AUC %.3f: %s", auc, note)
+    return note
 
 
 @dataclass(frozen=True)
@@ -205,17 +219,19 @@ def roc_auc(y_true, y_score, ci: str = "delong", level: float = 0.95, n_boot: in
             # DeLong's variance needs two of each class (pROC returns NA here too)
             log.warning("DeLong CI undefined with %d case(s) and %d control(s); reported as nan", n_pos, n_neg)
             auc = float(delong_placements(y, s[None, :])[0][0])
-            return AUCResult(auc, math.nan, math.nan, "delong", level, n_pos, n_neg)
+            return AUCResult(auc, math.nan, math.nan, "delong", level, n_pos, n_neg,
+                             note=f"no CI: DeLong's variance needs 2 cases and 2 controls "
+                                  f"({n_pos} and {n_neg})")
         aucs, cov = delong_covariance(y, s[None, :])
         auc = float(aucs[0])
         se = float(np.sqrt(max(cov[0, 0], 0.0)))
         lo, hi = float(max(auc - z * se, 0.0)), float(min(auc + z * se, 1.0))
-        return AUCResult(auc, lo, hi, "delong", level, n_pos, n_neg)
+        return AUCResult(auc, lo, hi, "delong", level, n_pos, n_neg, note=_zero_width_note(auc, lo, hi))
     auc = float(delong_placements(y, s[None, :])[0][0])
     boots = bootstrap_aucs(y, s, n_boot=n_boot, seed=seed)
     lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
     return AUCResult(auc, float(lo), float(hi), "bootstrap", level, n_pos, n_neg,
-                     n_boot=int(n_boot), seed=int(seed))
+                     n_boot=int(n_boot), seed=int(seed), note=_zero_width_note(auc, float(lo), float(hi)))
 
 
 def delong_test(y_true, score_a, score_b, level: float = 0.95) -> DeLongTestResult:

@@ -173,9 +173,12 @@ def continuous_test(a, b) -> GroupTestResult:
     """Two-sided Mann–Whitney U with R ``wilcox.test``'s defaults (see module docstring)."""
     a = np.asarray(a, dtype=float)
     b = np.asarray(b, dtype=float)
+    # no test ran: say why instead of naming a test with p nan
     if a.size == 0 or b.size == 0:
-        return GroupTestResult(MANN_WHITNEY, math.nan, math.nan)
+        return GroupTestResult("not tested (no values in one group)", math.nan, math.nan)
     both = np.concatenate([a, b])
+    if np.ptp(both) == 0:
+        return GroupTestResult("not tested (all values equal)", math.nan, math.nan)
     ties = np.unique(both).size < both.size
     if a.size < 50 and b.size < 50 and not ties:
         res = stats.mannwhitneyu(a, b, alternative="two-sided", method="exact")
@@ -355,6 +358,9 @@ def render_table1_html(table: pd.DataFrame, title: str = "Table 1. Patient chara
         for c in shown:
             val = row[c]
             text = _fmt_p(val) if c in p_cols else ("" if (isinstance(val, float) and math.isnan(val)) else str(val))
+            test = row.get("Test " + c[2:], "") if c in p_cols else ""
+            if c in p_cols and not text and isinstance(test, str) and test.startswith("not tested"):
+                text = test      # a blank p would read as a lost value
             indent = "padding-left:20px;" if c == "Level" and not row["Variable"] else ""
             out.append(f'<td style="padding:2px 8px;{indent}">{html.escape(text)}</td>')
         out.append("</tr>")
