@@ -62,9 +62,37 @@ def cmd_train_detector(args) -> int:
     return 0
 
 
+def cmd_train_predictor(args) -> int:
+    from npc_msom import prediction
+    from npc_msom.runtime import resolve_device
+    config = _config(args)
+    if args.cv:
+        res = prediction.cv_for_run(config, Path(args.run), args.cv, args.repeats)
+        for name, m in res["models"].items():
+            sd = m["auc_sd_repeats"]
+            print(f"CV {args.cv}x{args.repeats} {name}: AUC {m['auc_mean']:.3f}" + (f" +- {sd:.3f}" if sd else ""))
+        return 0
+    if not args.sequence:
+        raise NpcMsomError("give --sequence SEQ (or --cv K for cross-validation of every sequence)")
+    device = resolve_device(config.device)
+    for model in ([args.model] if args.model else config.prediction.models):
+        r = prediction.train_predictor_for_run(config, Path(args.run), args.sequence, model, device=device,
+                                               force=args.force)
+        auc = r.metrics.get("auc") or {}
+        text = f"AUC {auc['auc']:.3f} ({auc['ci_low']:.3f}-{auc['ci_high']:.3f})" if auc else "AUC n/a"
+        print(f"{args.sequence} {model}: validation {text}, {r.metrics['n_scored']} patients"
+              f"{' (up to date, skipped)' if r.skipped else ''} -> {r.out_dir}")
+    return 0
+
+
 def cmd_run(args) -> int:
     from npc_msom import pipeline
-    res = pipeline.run(_config(args), args.cohort, args.out, clinical=args.clinical)
+    stages = tuple(args.stages.split(",")) if args.stages else pipeline.STAGES
+    unknown = set(stages) - set(pipeline.STAGES)
+    if unknown:
+        raise NpcMsomError(f"--stages: unknown stage(s) {sorted(unknown)}; known: {', '.join(pipeline.STAGES)}")
+    res = pipeline.run(_config(args), args.cohort, args.out, clinical=args.clinical, stages=stages,
+                       force=tuple(args.force or ()))
     print(f"run finished: {res.run_dir}")
     for stage, info in res.stages.items():
         print(f"  {stage}: {info}")
@@ -111,9 +139,22 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(func=cmd_train_detector)
 
+    sp = sub.add_parser("train-predictor", help="stage 2: MSOM classifier(s) of one sequence, transferred from its detector")
+    sp.add_argument("--run", required=True, help="run folder with preprocessed/ and detection/")
+    sp.add_argument("--sequence", choices=["T1WI", "T2WI", "CE-T1WI"])
+    sp.add_argument("--model", choices=["mri", "fusion"], help="default: every model of prediction.models")
+    sp.add_argument("--force", action="store_true", help="redo a model made with other settings")
+    sp.add_argument("--cv", type=int, default=0, metavar="K", help="repeated K-fold CV of every sequence x model")
+    sp.add_argument("--repeats", type=int, default=1, metavar="R")
+    common(sp)
+    sp.set_defaults(func=cmd_train_predictor)
+
     sp = sub.add_parser("run", help="run every stage in order (resumable)")
     sp.add_argument("--cohort", required=True)
     sp.add_argument("--out", required=True)
+    sp.add_argument("--stages", help="comma-separated subset, e.g. preprocess,detection (default: all)")
+    sp.add_argument("--force", action="append", metavar="STAGE", help="redo a stage whose artifacts were made "
+                    "with other settings (prediction)")
     common(sp, cohort=True)
     sp.set_defaults(func=cmd_run)
     return p

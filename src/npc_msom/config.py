@@ -125,12 +125,61 @@ class DetectionConfig:
 
 @dataclass(frozen=True)
 class PredictionConfig:
+    # the extractor: "detector" = every backbone + FPN tensor of this run's trained detector of the
+    # same sequence (checkpoint_last.pt); "scratch" = a fresh network (the transfer ablation)
+    init: str = "detector"
+    # "all" = fine-tune the whole network on slices (the study: batch 2, 20 epochs); "head" =
+    # freeze the extractor, cache each slice's pooled vector once, train the head only (CPU, seconds)
+    finetune: str = "all"
+    models: tuple[str, ...] = ("mri", "fusion")   # fusion = the clinical vector joins the pooled one
+    feature_level: str = "P3"
+    # slices scored per patient: "contours" = the tumour slices that preprocessing kept (the study);
+    # "detector" = the slices where the trained detector finds a GTV scoring >= detector_threshold
+    slices: str = "contours"
+    detector_threshold: float = 0.5
+    aggregate: str = "mean"       # patient score = mean of slice probabilities, or "top_k" mean
+    top_k: int = 3
+    patient_weighting: bool = False  # weigh slices 1/n per patient, so that big tumours do not count more
+    clinical_columns: tuple[str, ...] = ()  # empty = every predictor of the clinical schema
     epochs: int = 20
     batch_size: int = 2
     lr: float = 1e-3
+    backbone_lr_factor: float = 0.1  # finetune=all: the transferred extractor learns at lr x this
     weight_decay: float = 1e-4
-    feature_level: str = "P3"
-    fusion: bool = True
+    pos_weight: float = 0.0       # BCE weight of MSOM slices: >0 as given, <0 = n_neg/n_pos, 0 = none
+    augment: bool = True          # flips (head: cached mirror views), small affine and intensity (all)
+    affine_degrees: float = 10.0
+    affine_scale: float = 0.1
+    affine_shift: float = 0.05
+    intensity_jitter: float = 0.1
+    amp: bool = True              # CUDA only
+    workers: int = 0
+    feature_batch_size: int = 32  # slices per forward pass when caching features / scoring
+    combine_sequences: tuple[str, ...] = SEQUENCES  # the combined model's inputs (fusion scores)
+    cv_folds: int = 0             # >1: also repeated patient-level stratified CV (finetune=head)
+    cv_repeats: int = 1
+
+
+@dataclass(frozen=True)
+class BaselinesConfig:
+    """The comparison models (``npc_msom.baselines``); defaults are the study-sized settings."""
+    # any of clinical, n_stage, largest_slice, largest_slice_fusion, radiomics
+    models: tuple[str, ...] = ("clinical", "n_stage", "largest_slice", "largest_slice_fusion", "radiomics")
+    clinical_c: float = 1.0          # inverse L2 strength of the clinical logistic regression
+    # largest-slice ResNet-18 trained from scratch (the study's reference 20)
+    slice_epochs: int = 20
+    slice_batch_size: int = 16
+    slice_lr: float = 1e-3
+    slice_weight_decay: float = 1e-4
+    slice_size: int = 0              # px the slice is resized to; 0 = as preprocessed
+    # radiomics (reference 7): a PyRadiomics parameter file; a relative path is looked up in the
+    # working folder, then in the project's configs/
+    radiomics_params: str = "radiomics_paper.yaml"
+    radiomics_workers: int = 2       # processes extracting features (at most 2)
+    radiomics_margin_mm: float = 10.0  # crop around the GTV before resampling to 1 mm
+    radiomics_corr: float = 0.9      # |Pearson r| above which the later of two features is dropped
+    radiomics_cv_folds: int = 5      # internal CV of the L1 logistic regression
+    radiomics_cs: int = 20           # candidate inverse penalties (log-spaced, as sklearn's Cs)
 
 
 @dataclass(frozen=True)
@@ -151,6 +200,7 @@ class Config:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     prediction: PredictionConfig = field(default_factory=PredictionConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
 

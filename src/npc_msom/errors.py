@@ -67,3 +67,7 @@ class ClinicalTableError(InputError):
 
 class TrainingError(NpcMsomError):
     """Training cannot go on (e.g. a non-finite loss)."""
+
+
+class StaleArtifactError(NpcMsomError):
+    """A stage's artifacts were made with other settings or inputs than the ones asked for now."""

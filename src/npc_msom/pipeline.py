@@ -39,6 +39,9 @@ def load_cohort_stage(config: Config, cohort_dir: str | Path, run_dir: Path, cli
     from npc_msom.cohort import load_cohort
     cohort = load_cohort(cohort_dir, config.cohort, clinical=clinical)
     write_json_atomic(run_dir / "cohort" / "manifest.json", cohort.manifest)
+    # the validated table travels with the run, so that later stages never reopen the cohort folder
+    table = cohort.clinical.loc[[p for p in cohort.patient_ids if p in cohort.clinical.index]]
+    write_text_atomic(run_dir / "cohort" / "clinical.csv", table.to_csv(index_label="patient_id"))
     log.info("cohort: %d usable patients from %s", len(cohort.patient_ids), cohort_dir)
     return cohort
 
@@ -79,9 +82,20 @@ def detection_stage(config: Config, run_dir: Path, sequences=None, resume: bool 
     return out
 
 
+def prediction_stage(config: Config, run_dir: Path, sequences=None, force: bool = False) -> dict:
+    """Stage 2: every sequence x model (mri, fusion), the combined model, CV when configured."""
+    from npc_msom.prediction import prediction_stage as _stage
+    from npc_msom.runtime import resolve_device
+    return _stage(config, run_dir, sequences, force=force, device=resolve_device(config.device))
+
+
+STAGES: tuple[str, ...] = ("preprocess", "detection", "prediction")
+
+
 def run(config: Config, cohort_dir: str | Path, run_dir: str | Path, *,
-        clinical: str | Path | None = None, stages: tuple[str, ...] = ("preprocess", "detection")) -> RunResult:
-    """Everything built so far, in order: cohort -> preprocess -> detection."""
+        clinical: str | Path | None = None, stages: tuple[str, ...] = STAGES,
+        force: tuple[str, ...] = ()) -> RunResult:
+    """Everything built so far, in order: cohort -> preprocess -> detection -> prediction."""
     run_dir = start_run(config, run_dir)
     done: dict = {}
     cohort = load_cohort_stage(config, cohort_dir, run_dir, clinical)
@@ -93,6 +107,10 @@ def run(config: Config, cohort_dir: str | Path, run_dir: str | Path, *,
     if "detection" in stages:
         det = detection_stage(config, run_dir)
         done["detection"] = {seq: getattr(r, "metrics", None) for seq, r in det.items()}
+    if "prediction" in stages:
+        pred = prediction_stage(config, run_dir, force="prediction" in force)
+        done["prediction"] = {k: (v.to_dict() if hasattr(v, "to_dict") else
+                                  {m: s["auc_mean"] for m, s in v["models"].items()}) for k, v in pred.items()}
     result = RunResult(run_dir, done)
     write_json_atomic(run_dir / "run_summary.json", result.to_dict())
     return result
