@@ -155,3 +155,128 @@ def test_oblique_series_contours_through_pixel_centres_dice_one(tmp_path):
     p = load_cohort(tmp_path, STRICT).load_patient("OBL")
     for seq, s in p.series.items():
         assert dice(s.masks["GTV"], truth) == 1.0, seq                  # was: about 0.99
+
+
+# ---- item 4: compressed transfer syntaxes that PACS exports use
+
+JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
+
+
+def jpeg_lossless_sv1(img: np.ndarray, precision: int = 16) -> bytes:
+    """Encode a 2-D unsigned image as JPEG Lossless, Process 14, first-order prediction (SV1),
+    the transfer syntax 1.2.840.10008.1.2.4.70 that PACS exports most. No encoder for it exists
+    in pydicom's plugins, so this small one (ITU T.81 Annex H) makes the test data: one Huffman
+    table giving every difference category 0..16 a 5-bit code."""
+    rows, cols = img.shape
+    x = img.astype(np.int64)
+    pred = np.empty_like(x)
+    pred[0, 0] = 1 << (precision - 1)
+    pred[0, 1:] = x[0, :-1]
+    pred[1:, 0] = x[:-1, 0]
+    pred[1:, 1:] = x[1:, :-1]
+    mod = 1 << 16
+    diff = (x - pred) % mod
+    diff = np.where(diff >= mod // 2, diff - mod, diff).ravel()
+    out = bytearray()
+    acc, nacc = 0, 0
+    for d in diff.tolist():
+        if d == 0:
+            ssss, extra = 0, 0
+        elif d == -32768:
+            ssss, extra = 16, 0
+        else:
+            ssss = abs(d).bit_length()
+            extra = d if d > 0 else d + (1 << ssss) - 1
+        acc = (acc << 5) | ssss                     # canonical code of symbol s with 17 codes of length 5 is s
+        nacc += 5
+        if 0 < ssss < 16:
+            acc = (acc << ssss) | extra
+            nacc += ssss
+        while nacc >= 8:
+            nacc -= 8
+            byte = (acc >> nacc) & 0xFF
+            out.append(byte)
+            if byte == 0xFF:
+                out.append(0x00)
+        acc &= (1 << nacc) - 1
+    if nacc:
+        byte = ((acc << (8 - nacc)) | ((1 << (8 - nacc)) - 1)) & 0xFF
+        out.append(byte)
+        if byte == 0xFF:
+            out.append(0x00)
+    sof = bytes([0xFF, 0xC3, 0, 11, precision]) + rows.to_bytes(2, "big") + cols.to_bytes(2, "big") \
+        + bytes([1, 1, 0x11, 0])
+    counts = [0] * 16
+    counts[4] = 17
+    dht = bytes([0xFF, 0xC4, 0, 36, 0x00]) + bytes(counts) + bytes(range(17))
+    sos = bytes([0xFF, 0xDA, 0, 8, 1, 1, 0x00, 1, 0, 0])
+    return b"\xFF\xD8" + sof + dht + sos + bytes(out) + b"\xFF\xD9"
+
+
+def recompress(paths, syntax: str) -> None:
+    """Rewrite each slice in ``syntax``: JPEG Lossless SV1 (own encoder), JPEG-LS or JPEG 2000
+    lossless (pydicom's encoders)."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless, JPEGLSLossless
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        if syntax == "jpeg-lossless":
+            ds.PixelData = encapsulate([jpeg_lossless_sv1(ds.pixel_array, ds.BitsStored)])
+            ds["PixelData"].VR = "OB"
+            ds["PixelData"].is_undefined_length = True
+            ds.file_meta.TransferSyntaxUID = JPEG_LOSSLESS_SV1
+        else:
+            ds.compress({"jpeg-ls": JPEGLSLossless, "jpeg2000": JPEG2000Lossless}[syntax])
+        ds.save_as(p)
+
+
+def test_own_jpeg_lossless_encoder_round_trips_through_pylibjpeg():
+    img = np.random.default_rng(0).integers(0, 65536, (9, 13)).astype(np.uint16)
+    img[0, :4] = [0, 65535, 0, 32768]          # extreme differences, including -32768
+    from pydicom.pixels.decoders import JPEGLosslessSV1Decoder
+    assert JPEGLosslessSV1Decoder.is_available
+    from io import BytesIO
+    from pydicom.dataset import Dataset, FileMetaDataset
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = JPEG_LOSSLESS_SV1
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 9, 13, 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit, ds.PixelRepresentation = 15, 0
+    from pydicom.encaps import encapsulate
+    ds.PixelData = encapsulate([jpeg_lossless_sv1(img)])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    assert np.array_equal(ds.pixel_array, img)
+
+
+def test_jpeg_lossless_jpeg_ls_and_jpeg2000_series_are_read(tmp_path):
+    wp = write_patient(tmp_path, "P001", seed=1, random_names=False, shuffle_instances=False)
+    for seq, syntax in (("T2WI", "jpeg-lossless"), ("T1WI", "jpeg-ls"), ("CE-T1WI", "jpeg2000")):
+        recompress(wp.series[seq].paths, syntax)
+    assert pydicom.dcmread(wp.series["T2WI"].paths[0]).file_meta.TransferSyntaxUID == JPEG_LOSSLESS_SV1
+    cohort = load_cohort(tmp_path, STRICT)
+    p = cohort.load_patient("P001")
+    for seq, s in p.series.items():
+        np.testing.assert_allclose(s.image, wp.images[seq], atol=1e-3, err_msg=seq)   # lossless
+        assert np.array_equal(s.masks["GTV"], wp.truth[seq]["GTV"])
+
+
+def test_inspect_reports_a_series_it_cannot_decode(tmp_path):
+    from pydicom.encaps import encapsulate
+    write_patient(tmp_path, "P001", seed=1)
+    bad = write_patient(tmp_path, "P002", seed=2)
+    for p in bad.series["T2WI"].paths:
+        ds = pydicom.dcmread(p)
+        ds.PixelData = encapsulate([b"\x00\x00\x01\xb3" + bytes(64)])    # MPEG-2: no decoder
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"
+        ds.save_as(p)
+    write_clinical(tmp_path / "clinical.csv", ["P001", "P002"])
+    cohort, text = inspect_cohort(tmp_path)                     # was: P002 listed as usable
+    assert cohort.patient_ids == ["P001"]
+    (skip,) = cohort.manifest["skipped"]
+    assert skip["patient"] == "P002" and "cannot read the pixel data" in skip["problem"]
+    assert "MPEG2" in skip["problem"] and any(skip["file"] == str(p) for p in bad.series["T2WI"].paths)
+    assert "P002" in text and "cannot read the pixel data" in text

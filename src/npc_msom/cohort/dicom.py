@@ -470,8 +470,9 @@ def read_slice(f: ImageFile, *, patient: str) -> np.ndarray:
         if meta is not None and "TransferSyntaxUID" in meta:
             ts = f" (transfer syntax {meta.TransferSyntaxUID.name})"
         raise DicomError(f"cannot read the pixel data{ts}: {type(exc).__name__}: {exc}", patient=patient,
-                         file=f.path, expected="readable pixel data (for compressed files install "
-                                               "pylibjpeg or python-gdcm)") from None
+                         file=f.path, expected="readable pixel data: uncompressed, RLE, JPEG (baseline, "
+                                               "lossless), JPEG-LS or JPEG 2000 (decoded by pylibjpeg "
+                                               "with its libjpeg and openjpeg plugins)") from None
     if arr.shape != (f.rows, f.cols):
         raise DicomError(f"pixel data of shape {arr.shape}", patient=patient, file=f.path,
                          expected=f"one {f.rows} x {f.cols} grey-level slice")

@@ -376,6 +376,13 @@ def _index_dicom_patient(pid: str, images: list[dcm.ImageFile], rtfiles: list[dc
                 for p in orts:
                     rt_notes.append({"file": _rel(p, root), "reason": f"drawn on unused series {o.description!r}"})
 
+    # decode one slice of every series used, so that pixel data that cannot be decoded (a transfer
+    # syntax without an installed decoder, corrupt compressed data) are reported by `inspect`,
+    # not first by `preprocess`
+    for seq, cs in chosen.items():
+        s = cs.series
+        dcm.read_slice(s.files[len(s.files) // 2], patient=pid)
+
     sequences: dict[str, dict] = {}
     for seq, cs in chosen.items():
         s = cs.series
