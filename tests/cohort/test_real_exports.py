@@ -280,3 +280,35 @@ def test_inspect_reports_a_series_it_cannot_decode(tmp_path):
     assert skip["patient"] == "P002" and "cannot read the pixel data" in skip["problem"]
     assert "MPEG2" in skip["problem"] and any(skip["file"] == str(p) for p in bad.series["T2WI"].paths)
     assert "P002" in text and "cannot read the pixel data" in text
+
+
+# ---- DICOM SEG as a mask source
+
+def test_seg_only_patient_gives_gtv_and_gtvln(tmp_path):
+    wp = write_patient(tmp_path, "P001", seed=1, with_rtstruct=False)
+    for seq in wp.series:
+        write_seg(wp.folder / f"SEG_{seq}.dcm", wp.series[seq].paths,
+                  {"GTVp": wp.truth[seq]["GTV"], "GTVnd": wp.truth[seq]["GTVln"], "Brainstem":
+                   np.zeros_like(wp.truth[seq]["GTV"]) | wp.truth[seq]["GTV"]}, seed=f"seg{seq}")
+    cohort = load_cohort(tmp_path, STRICT)
+    info = cohort.manifest["patients"]["P001"]["sequences"]["T2WI"]
+    assert info["mask_source"] == "SEG" and info["structures"] == {"GTV": ["GTVp"], "GTVln": ["GTVnd"]}
+    assert info["unmatched_rois"] == ["Brainstem"] and info["segs"][0].endswith("SEG_T2WI.dcm")
+    p = cohort.load_patient("P001")
+    for seq, s in p.series.items():
+        assert np.array_equal(s.masks["GTV"], wp.truth[seq]["GTV"]), seq
+        assert np.array_equal(s.masks["GTVln"], wp.truth[seq]["GTVln"]), seq
+
+
+def test_rtstruct_wins_over_seg_on_the_same_series(tmp_path):
+    wp = write_patient(tmp_path, "P001", seed=1)
+    other = np.zeros_like(wp.truth["T2WI"]["GTV"])
+    other[5:7, 10:20, 10:20] = True
+    seg = write_seg(wp.folder / "SEG.dcm", wp.series["T2WI"].paths, {"GTV": other})
+    cohort = load_cohort(tmp_path, STRICT)
+    rec = cohort.manifest["patients"]["P001"]
+    assert rec["sequences"]["T2WI"]["mask_source"] == "RTSTRUCT"
+    (note,) = [n for n in rec["ignored_rtstructs"] if n["file"].endswith(seg.name)]
+    assert "RTSTRUCT on the same series" in note["reason"] and "wins" in note["reason"]
+    p = cohort.load_patient("P001")
+    assert np.array_equal(p.series["T2WI"].masks["GTV"], wp.truth["T2WI"]["GTV"])

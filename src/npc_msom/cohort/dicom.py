@@ -20,6 +20,7 @@ import numpy as np
 
 from npc_msom.cohort.model import Geometry
 from npc_msom.cohort.rtstruct import RTSTRUCT_SOP_CLASS, SliceStack
+from npc_msom.cohort.seg import SEG_SOP_CLASS
 from npc_msom.config import CohortConfig
 from npc_msom.errors import DicomError
 
@@ -83,6 +84,7 @@ class RTStructFile:
 class ScanResult:
     images: list[ImageFile] = field(default_factory=list)
     rtstructs: list[RTStructFile] = field(default_factory=list)
+    segs: list[RTStructFile] = field(default_factory=list)             # DICOM SEG objects
     unreadable: list[tuple[Path, str]] = field(default_factory=list)   # (file, problem)
     other_files: list[Path] = field(default_factory=list)              # not DICOM, ignored
     other_dicom: list[tuple[Path, str, str]] = field(default_factory=list)  # (file, patient, what)
@@ -205,6 +207,10 @@ def _scan_one(path: Path, res: ScanResult) -> None:
         res.rtstructs.append(RTStructFile(path=path, patient_id=pid, patient_name=_s(ds, "PatientName"),
                                           birth_date=_s(ds, "PatientBirthDate"),
                                           sop_uid=_s(ds, "SOPInstanceUID")))
+        return
+    if sop_class == SEG_SOP_CLASS or modality == "SEG":
+        res.segs.append(RTStructFile(path=path, patient_id=pid, patient_name=_s(ds, "PatientName"),
+                                     birth_date=_s(ds, "PatientBirthDate"), sop_uid=_s(ds, "SOPInstanceUID")))
         return
     if not _s(ds, "SeriesInstanceUID") or getattr(ds, "Rows", None) is None:
         res.other_dicom.append((path, pid, f"a DICOM object without image geometry "

@@ -21,10 +21,11 @@ import pandas as pd
 from npc_msom.cohort import clinical as clin
 from npc_msom.cohort import dicom as dcm
 from npc_msom.cohort import nifti as nii
+from npc_msom.cohort import seg as segmod
 from npc_msom.cohort.model import Patient, Series
 from npc_msom.cohort.rtstruct import (StructureSet, looks_like_tumour, masks_on_grid,
                                       read_structure_set, structures_of)
-from npc_msom.config import SEQUENCES, CohortConfig, to_dict
+from npc_msom.config import SEQUENCES, STRUCTURES, CohortConfig, to_dict
 from npc_msom.errors import (ClinicalTableError, CohortError, DicomError, InputError, NiftiError,
                              RTStructError)
 from npc_msom.runtime import progress, write_json_atomic
@@ -38,6 +39,7 @@ MANIFEST_VERSION = 1
 class _DicomSequence:
     series: dcm.SeriesIndex
     rtstruct_paths: list[Path] = field(default_factory=list)
+    seg_paths: list[Path] = field(default_factory=list)       # used only when there is no RTSTRUCT
 
 
 @dataclass
@@ -135,10 +137,29 @@ def _load_dicom(entry: _Entry, config: CohortConfig) -> dict[str, Series]:
             masks, _, w = masks_on_grid(sets, s.stack, s.plan, missing_positions_mm=s.missing_positions_mm,
                                         missing_grid_index=s.missing_grid_index, patient=entry.patient_id)
             warnings.extend(w)
+        elif ds.seg_paths:
+            masks, _, w = _seg_masks(ds.seg_paths, s, config, entry.patient_id)
+            warnings.extend(w)
         out[seq] = Series(sequence=seq, image=image, geometry=s.geometry, masks=masks,
                           series_uid=s.series_uid, description=s.description,
                           source=dcm.series_summary(s)["folder"], warnings=warnings)
     return out
+
+
+def _seg_masks(paths: list[Path], s: dcm.SeriesIndex, config: CohortConfig, pid: str):
+    """Masks of one or more SEGs on a series' grid, merged per structure."""
+    masks: dict = {}
+    counts: dict[str, int] = {}
+    warnings: list[str] = []
+    for p in paths:
+        ss = segmod.read_seg(p, config, patient=pid)
+        m, c, w = segmod.seg_masks_on_grid(ss, [f.sop_uid for f in s.files], s.stack.shape_yx, s.plan,
+                                           patient=pid)
+        for k, v in m.items():
+            masks[k] = masks[k] | v if k in masks else v
+        counts.update(c)
+        warnings.extend(w)
+    return masks, counts, warnings
 
 
 def _load_nifti(entry: _Entry) -> dict[str, Series]:
@@ -285,9 +306,11 @@ def _match_rtstruct(ss: StructureSet, series: dict[str, dcm.SeriesIndex], sop_to
 
 def _index_dicom_patient(pid: str, images: list[dcm.ImageFile], rtfiles: list[dcm.RTStructFile],
                          config: CohortConfig, series_owner: dict[str, str], root: Path,
-                         notes: list[dict]) -> tuple[_Entry, dict]:
+                         notes: list[dict], segfiles: list[dcm.RTStructFile] | None = None
+                         ) -> tuple[_Entry, dict]:
+    segfiles = segfiles or []
     if not pid:
-        f = images[0].path if images else rtfiles[0].path
+        f = (images or rtfiles or segfiles)[0].path
         raise DicomError("file without PatientID", file=f, expected="a PatientID in every DICOM file")
     # images only: planning systems often rewrite the name in the RTSTRUCT they export
     _check_one_person(pid, [(f.path, f.patient_name, f.birth_date) for f in images])
@@ -360,15 +383,42 @@ def _index_dicom_patient(pid: str, images: list[dcm.ImageFile], rtfiles: list[dc
                             f"frame of reference only")
         sets_by_series.setdefault(uid, []).append(ss)
 
+    # DICOM SEG -> series, through the images its frames were derived from
+    segs_by_series: dict[str, list[Path]] = {}
+    for sf in segfiles or []:
+        sg = segmod.read_seg(sf.path, config, patient=pid)
+        refs = list(dict.fromkeys(sg.referenced_series_uids
+                                  + sorted({sop_to_series[u] for u in sg.referenced_sop_uids if u in sop_to_series})))
+        used = [u for u in refs if u in series]
+        if len(used) == 1:
+            segs_by_series.setdefault(used[0], []).append(sf.path)
+            continue
+        if len(used) > 1:
+            raise DicomError(f"DICOM SEG references {len(used)} series", patient=pid, file=sf.path,
+                             expected="a SEG derived from the images of one series")
+        known = [u for u in refs if u in all_series_uids]
+        reason = (f"drawn on ignored series {by_series[known[0]][0].description!r}" if known
+                  else "references no image series of this patient")
+        rt_notes.append({"file": _rel(sf.path, root), "reason": f"DICOM SEG {reason}"})
+
     # one series per sequence
     chosen: dict[str, _DicomSequence] = {}
     for seq in SEQUENCES:
-        cands = [(s, [ss.path for ss in sets_by_series.get(u, [])]) for u, s in series.items() if s.sequence == seq]
+        cands = [(s, [ss.path for ss in sets_by_series.get(u, [])] + segs_by_series.get(u, []))
+                 for u, s in series.items() if s.sequence == seq]
         if not cands:
             continue
         best, why = _choose(cands)
-        s, rts = cands[best]
-        chosen[seq] = _DicomSequence(series=s, rtstruct_paths=rts)
+        s, _ = cands[best]
+        rts = [ss.path for ss in sets_by_series.get(s.series_uid, [])]
+        segs = segs_by_series.get(s.series_uid, [])
+        if rts and segs:
+            # the planning system's RTSTRUCT is the clinical record; an AI SEG is a proposal
+            for p in segs:
+                rt_notes.append({"file": _rel(p, root), "reason": f"DICOM SEG not used: an RTSTRUCT on the "
+                                                                   f"same series ({s.description!r}) wins"})
+            segs = []
+        chosen[seq] = _DicomSequence(series=s, rtstruct_paths=rts, seg_paths=segs)
         for i, (o, orts) in enumerate(cands):
             if i != best:
                 ignored.append({"series_uid": o.series_uid, "description": o.description, "n_files": o.n_files,
@@ -391,8 +441,22 @@ def _index_dicom_patient(pid: str, images: list[dcm.ImageFile], rtfiles: list[dc
         info["folder"] = _rel(Path(info["folder"]), root)
         info["classified_by"] = s.reason
         info["rtstructs"] = [_rel(p, root) for p in cs.rtstruct_paths]
+        info["segs"] = [_rel(p, root) for p in cs.seg_paths]
+        info["mask_source"] = "RTSTRUCT" if sets else "SEG" if cs.seg_paths else None
         w = list(s.warnings)
-        if sets:
+        if cs.seg_paths and not sets:
+            mapped, unmatched = {}, []
+            for p in cs.seg_paths:
+                m, u = segmod.structures_of_seg(segmod.read_seg(p, config, patient=pid))
+                for k, v in m.items():
+                    mapped.setdefault(k, []).extend(v)
+                unmatched += u
+            _, counts, mw = _seg_masks(cs.seg_paths, s, config, pid)
+            w.extend(mw)
+            info["structures"] = {k: mapped[k] for k in STRUCTURES if k in mapped}
+            info["roi_voxels"] = counts
+            info["unmatched_rois"] = unmatched
+        elif sets:
             mapped, unmatched = structures_of(sets)
             if not mapped:
                 names = [r.name for ss in sets for r in ss.rois]
@@ -415,7 +479,7 @@ def _index_dicom_patient(pid: str, images: list[dcm.ImageFile], rtfiles: list[dc
             info["structures"] = {}
             info["roi_voxels"] = {}
             info["unmatched_rois"] = []
-            w.append("no RTSTRUCT for this series: no structures")
+            w.append("no RTSTRUCT or SEG for this series: no structures")
         info["warnings"] = w
         sequences[seq] = info
 
@@ -426,7 +490,7 @@ def _index_dicom_patient(pid: str, images: list[dcm.ImageFile], rtfiles: list[dc
     if missing:
         found = [f"{s.description!r} ({s.sequence})" for s in series.values()] + \
                 [f"{i['description']!r} ({i['reason']})" for i in ignored]
-        f = images[0].path if images else rtfiles[0].path
+        f = (images or rtfiles or segfiles)[0].path
         raise CohortError(f"missing sequence(s) {', '.join(missing)}; series found: "
                           f"{'; '.join(found) or 'none'}", patient=pid, file=f.parent,
                           expected=f"series classified as {', '.join(config.required_sequences)} "
@@ -540,11 +604,15 @@ def load_cohort(path: str | Path, config: CohortConfig | None = None,
     # DICOM by patient
     images_by_pid: dict[str, list[dcm.ImageFile]] = {}
     rts_by_pid: dict[str, list[dcm.RTStructFile]] = {}
+    segs_by_pid: dict[str, list[dcm.RTStructFile]] = {}
+    for sg in scan.segs:
+        segs_by_pid.setdefault(sg.patient_id, []).append(sg)
     for im in scan.images:
         images_by_pid.setdefault(im.patient_id, []).append(im)
     for rt in scan.rtstructs:
         rts_by_pid.setdefault(rt.patient_id, []).append(rt)
-    owned = [(im.path, im.patient_id) for im in scan.images] + [(r.path, r.patient_id) for r in scan.rtstructs]
+    owned = [(im.path, im.patient_id) for im in scan.images] + \
+        [(r.path, r.patient_id) for r in scan.rtstructs + scan.segs]
     owners = _owner_by_folder(root, owned)
     series_owner = {im.series_uid: im.patient_id for im in scan.images}
     notes_by_pid: dict[str, list[dict]] = {}
@@ -577,7 +645,7 @@ def load_cohort(path: str | Path, config: CohortConfig | None = None,
 
     entries: dict[str, _Entry] = {}
     patients_manifest: dict[str, dict] = {}
-    all_ids = sorted((set(images_by_pid) | set(rts_by_pid) | set(nifti_by_pid)
+    all_ids = sorted((set(images_by_pid) | set(rts_by_pid) | set(segs_by_pid) | set(nifti_by_pid)
                       | {k for k in unreadable_by_pid if k}) - {""})
     if "" in images_by_pid or "" in rts_by_pid:
         f = (images_by_pid.get("") or rts_by_pid.get(""))[0].path
@@ -591,14 +659,15 @@ def load_cohort(path: str | Path, config: CohortConfig | None = None,
             if pid in unreadable_by_pid:
                 p, problem = unreadable_by_pid[pid][0]
                 raise DicomError(problem, patient=pid, file=p, expected="a complete, readable DICOM file")
-            has_dicom = pid in images_by_pid or pid in rts_by_pid
+            has_dicom = pid in images_by_pid or pid in rts_by_pid or pid in segs_by_pid
             if has_dicom and pid in nifti_by_pid:
                 raise CohortError(f"duplicate patient ID: {pid!r} has both DICOM files and a NIfTI folder "
                                   f"({nifti_by_pid[pid][0]})", patient=pid, file=nifti_by_pid[pid][0],
                                   expected="each patient once, as DICOM or as NIfTI")
             if has_dicom:
                 entry, record = _index_dicom_patient(pid, images_by_pid.get(pid, []), rts_by_pid.get(pid, []),
-                                                     config, series_owner, root, notes_by_pid.get(pid, []))
+                                                     config, series_owner, root, notes_by_pid.get(pid, []),
+                                                     segs_by_pid.get(pid, []))
             else:
                 folder, names = nifti_by_pid[pid]
                 entry, record = _index_nifti_patient(pid, folder, names, config, root)
