@@ -57,6 +57,12 @@ class CohortConfig:
         "CE-T1WI": ("T1C_img.nii*", "CE-T1_img.nii*", "t1c.nii*", "T1C.nii*", "*_T1C.nii*", "*_CE-T1.nii*"),
     })
     nifti_label_suffix: str = "_mask"  # T1_img.nii.gz -> T1_mask.nii.gz; label 1 = GTV, 2 = GTVln
+    # DICOM series + a NIfTI mask per sequence beside them (the public NPC MRI dataset, Li Y et
+    # al. Sci Data 2025: MRI-Segments/<NNN>/{T1WI,T2WI,CE-T1WI}/ + ROI-T1.nii, ROI-T2.nii,
+    # ROI-CE-T1.nii); every non-zero voxel of such a mask is taken as dicom_mask_structure
+    dicom_mask_patterns: dict[str, tuple[str, ...]] = field(default_factory=lambda: {
+        "CE-T1WI": ("ROI-CE-T1.nii*",), "T2WI": ("ROI-T2.nii*",), "T1WI": ("ROI-T1.nii*",)})
+    dicom_mask_structure: str = "GTV"
     required_sequences: tuple[str, ...] = SEQUENCES
     skip_bad: bool = False
     max_gap_factor: float = 1.5  # a slice gap above this x median spacing is a missing slice

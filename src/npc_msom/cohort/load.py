@@ -10,6 +10,7 @@ Bad input raises the matching ``InputError`` subclass naming the patient and the
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import logging
 import os
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import pandas as pd
 from npc_msom.cohort import clinical as clin
 from npc_msom.cohort import dicom as dcm
 from npc_msom.cohort import nifti as nii
+from npc_msom.cohort import dicom_mask as dmask
 from npc_msom.cohort import seg as segmod
 from npc_msom.cohort.model import Patient, Series
 from npc_msom.cohort.rtstruct import (StructureSet, looks_like_tumour, masks_on_grid,
@@ -40,6 +42,7 @@ class _DicomSequence:
     series: dcm.SeriesIndex
     rtstruct_paths: list[Path] = field(default_factory=list)
     seg_paths: list[Path] = field(default_factory=list)       # used only when there is no RTSTRUCT
+    nifti_mask: Path | None = None                             # used only when neither of those
 
 
 @dataclass
@@ -139,6 +142,10 @@ def _load_dicom(entry: _Entry, config: CohortConfig) -> dict[str, Series]:
             warnings.extend(w)
         elif ds.seg_paths:
             masks, _, w = _seg_masks(ds.seg_paths, s, config, entry.patient_id)
+            warnings.extend(w)
+        elif ds.nifti_mask is not None:
+            masks, _, w = dmask.mask_on_series(ds.nifti_mask, s.geometry, config.dicom_mask_structure,
+                                               patient=entry.patient_id)
             warnings.extend(w)
         out[seq] = Series(sequence=seq, image=image, geometry=s.geometry, masks=masks,
                           series_uid=s.series_uid, description=s.description,
@@ -304,11 +311,41 @@ def _match_rtstruct(ss: StructureSet, series: dict[str, dcm.SeriesIndex], sop_to
                         expected="an RTSTRUCT drawn on one of this patient's MR series")
 
 
+_SEQUENCE_FOLDERS = {"t1wi": "T1WI", "t1": "T1WI", "t2wi": "T2WI", "t2": "T2WI", "cet1wi": "CE-T1WI",
+                     "cet1": "CE-T1WI", "t1c": "CE-T1WI", "t1ce": "CE-T1WI", "t1wice": "CE-T1WI"}
+
+
+def _folder_sequence_name(name: str) -> str | None:
+    """'CE-T1WI' for a folder named 'CE-T1WI', 'ce_t1wi', 'T1C'...; None for other names."""
+    return _SEQUENCE_FOLDERS.get("".join(ch for ch in name.lower() if ch.isalnum()))
+
+
+def _sequence_of_folder(path: Path, root: Path) -> tuple[str | None, str]:
+    """(sequence, folder name) named by the nearest folder above ``path`` (below ``root``)."""
+    d = path.parent
+    while d != root and d.parent != d:
+        seq = _folder_sequence_name(d.name)
+        if seq:
+            return seq, d.name
+        d = d.parent
+    return None, ""
+
+
+def _patient_folder(path: Path, root: Path) -> str:
+    """The patient ID a folder gives a file without PatientID: the nearest folder above it that
+    does not name a sequence (MRI-Segments/001/T2WI/IM1 -> '001')."""
+    d = path.parent
+    while d != root and d.parent != d and _folder_sequence_name(d.name):
+        d = d.parent
+    return d.name
+
+
 def _index_dicom_patient(pid: str, images: list[dcm.ImageFile], rtfiles: list[dcm.RTStructFile],
                          config: CohortConfig, series_owner: dict[str, str], root: Path,
-                         notes: list[dict], segfiles: list[dcm.RTStructFile] | None = None
-                         ) -> tuple[_Entry, dict]:
+                         notes: list[dict], segfiles: list[dcm.RTStructFile] | None = None,
+                         nifti_masks: dict[str, list[Path]] | None = None) -> tuple[_Entry, dict]:
     segfiles = segfiles or []
+    nifti_masks = nifti_masks or {}
     if not pid:
         f = (images or rtfiles or segfiles)[0].path
         raise DicomError("file without PatientID", file=f, expected="a PatientID in every DICOM file")
@@ -342,6 +379,14 @@ def _index_dicom_patient(pid: str, images: list[dcm.ImageFile], rtfiles: list[dc
         seq, why = dcm.classify_series(f0.description, f0.protocol, config,
                                        contrast_agent=next((f.contrast_agent for f in files if f.contrast_agent), ""),
                                        image_type=f0.image_type)
+        folder_seq, folder = _sequence_of_folder(f0.path, root)
+        # the folder names the sequence when the description does not say (or says only "T1",
+        # which cannot tell a contrast-enhanced series without a contrast agent tag)
+        if folder_seq and (why.startswith("unrecognised") or (seq == "T1WI" and folder_seq == "CE-T1WI")):
+            seq, why = folder_seq, f"folder name {folder!r} (description {f0.description!r} does not say)"
+        elif folder_seq and seq and seq != folder_seq:
+            warnings.append(f"series {f0.description!r} is classified as {seq} by its description but lies in "
+                            f"folder {folder!r}; the description was used")
         if seq is None:
             ignored.append({"series_uid": uid, "description": f0.description, "n_files": len(files),
                             "reason": why})
@@ -426,6 +471,20 @@ def _index_dicom_patient(pid: str, images: list[dcm.ImageFile], rtfiles: list[dc
                 for p in orts:
                     rt_notes.append({"file": _rel(p, root), "reason": f"drawn on unused series {o.description!r}"})
 
+    # NIfTI masks beside the DICOM series (ROI-T1.nii, ...): used where no RTSTRUCT or SEG is
+    for seq, paths in sorted(nifti_masks.items()):
+        if len(paths) > 1:
+            raise CohortError(f"{len(paths)} NIfTI masks for {seq}: {', '.join(_rel(p, root) for p in paths)}",
+                              patient=pid, file=paths[1], expected=f"one mask per sequence ({seq})")
+        cs = chosen.get(seq)
+        if cs is None:
+            rt_notes.append({"file": _rel(paths[0], root), "reason": f"NIfTI mask for {seq}, but no {seq} series"})
+        elif cs.rtstruct_paths or cs.seg_paths:
+            rt_notes.append({"file": _rel(paths[0], root), "reason": f"NIfTI mask not used: the {seq} series has "
+                                                                   f"an {'RTSTRUCT' if cs.rtstruct_paths else 'SEG'}"})
+        else:
+            cs.nifti_mask = paths[0]
+
     # decode one slice of every series used, so that pixel data that cannot be decoded (a transfer
     # syntax without an installed decoder, corrupt compressed data) are reported by `inspect`,
     # not first by `preprocess`
@@ -442,9 +501,18 @@ def _index_dicom_patient(pid: str, images: list[dcm.ImageFile], rtfiles: list[dc
         info["classified_by"] = s.reason
         info["rtstructs"] = [_rel(p, root) for p in cs.rtstruct_paths]
         info["segs"] = [_rel(p, root) for p in cs.seg_paths]
-        info["mask_source"] = "RTSTRUCT" if sets else "SEG" if cs.seg_paths else None
+        info["mask_source"] = ("RTSTRUCT" if sets else "SEG" if cs.seg_paths
+                               else "NIfTI" if cs.nifti_mask is not None else None)
+        info["nifti_mask"] = _rel(cs.nifti_mask, root) if cs.nifti_mask is not None else None
         w = list(s.warnings)
-        if cs.seg_paths and not sets:
+        if cs.nifti_mask is not None and not sets and not cs.seg_paths:
+            _, counts, mw = dmask.mask_on_series(cs.nifti_mask, s.geometry, config.dicom_mask_structure,
+                                                 patient=pid)
+            w.extend(mw)
+            info["structures"] = {config.dicom_mask_structure: [cs.nifti_mask.name]}
+            info["roi_voxels"] = counts
+            info["unmatched_rois"] = []
+        elif cs.seg_paths and not sets:
             mapped, unmatched = {}, []
             for p in cs.seg_paths:
                 m, u = segmod.structures_of_seg(segmod.read_seg(p, config, patient=pid))
@@ -479,7 +547,7 @@ def _index_dicom_patient(pid: str, images: list[dcm.ImageFile], rtfiles: list[dc
             info["structures"] = {}
             info["roi_voxels"] = {}
             info["unmatched_rois"] = []
-            w.append("no RTSTRUCT or SEG for this series: no structures")
+            w.append("no RTSTRUCT, SEG or NIfTI mask for this series: no structures")
         info["warnings"] = w
         sequences[seq] = info
 
@@ -589,10 +657,15 @@ def load_cohort(path: str | Path, config: CohortConfig | None = None,
     table_resolved = table_path.resolve() if table_path is not None else None
     nifti_dirs: dict[Path, list[str]] = {}
     dicom_candidates: list[Path] = []
+    dicom_masks: list[tuple[Path, str]] = []      # (NIfTI mask beside DICOM series, sequence)
     for f in files:
         if table_resolved is not None and f.resolve() == table_resolved:
             continue
-        if nii.is_nifti(f):
+        mask_seq = next((q for q, pats in config.dicom_mask_patterns.items()
+                         if any(fnmatch.fnmatch(f.name.lower(), pat.lower()) for pat in pats)), None)
+        if mask_seq is not None:
+            dicom_masks.append((f, mask_seq))
+        elif nii.is_nifti(f):
             nifti_dirs.setdefault(f.parent, []).append(f.name)
         elif f.suffix.lower() in dcm.NON_DICOM_SUFFIXES:
             continue
@@ -600,6 +673,14 @@ def load_cohort(path: str | Path, config: CohortConfig | None = None,
             dicom_candidates.append(f)
     scan = dcm.scan_dicom(progress(dicom_candidates, desc="DICOM headers", unit="file",
                                    disable=None if show_progress is None else not show_progress))
+
+    # a file without PatientID (the public NPC MRI dataset empties it) belongs to the patient its
+    # folder names: MRI-Segments/001/T2WI/IM1 -> "001"; the manifest says so
+    pid_from_folder: set[str] = set()
+    for f in (*scan.images, *scan.rtstructs, *scan.segs):
+        if not f.patient_id:
+            f.patient_id = _patient_folder(f.path, root)
+            pid_from_folder.add(f.patient_id)
 
     # DICOM by patient
     images_by_pid: dict[str, list[dcm.ImageFile]] = {}
@@ -615,6 +696,14 @@ def load_cohort(path: str | Path, config: CohortConfig | None = None,
         [(r.path, r.patient_id) for r in scan.rtstructs + scan.segs]
     owners = _owner_by_folder(root, owned)
     series_owner = {im.series_uid: im.patient_id for im in scan.images}
+    masks_by_pid: dict[str, dict[str, list[Path]]] = {}
+    loose_masks: list[str] = []
+    for p, q in dicom_masks:
+        owner = _attribute(p, root, owners)
+        if owner is None:
+            loose_masks.append(_rel(p, root))
+        else:
+            masks_by_pid.setdefault(owner, {}).setdefault(q, []).append(p)
     notes_by_pid: dict[str, list[dict]] = {}
     for p, pid, what in scan.other_dicom:
         notes_by_pid.setdefault(pid, []).append({"file": _rel(p, root), "reason": what})
@@ -667,7 +756,10 @@ def load_cohort(path: str | Path, config: CohortConfig | None = None,
             if has_dicom:
                 entry, record = _index_dicom_patient(pid, images_by_pid.get(pid, []), rts_by_pid.get(pid, []),
                                                      config, series_owner, root, notes_by_pid.get(pid, []),
-                                                     segs_by_pid.get(pid, []))
+                                                     segs_by_pid.get(pid, []), masks_by_pid.get(pid, {}))
+                if pid in pid_from_folder:
+                    record["patient_id_from"] = "folder name (PatientID is empty in the DICOM files)"
+                    record["warnings"].append(f"PatientID is empty: patient ID {pid!r} taken from the folder name")
             else:
                 folder, names = nifti_by_pid[pid]
                 entry, record = _index_nifti_patient(pid, folder, names, config, root)
@@ -713,7 +805,7 @@ def load_cohort(path: str | Path, config: CohortConfig | None = None,
         "image_only": image_only,
         "clinical_problems": clinical_problems,
         "unreadable_files": unreadable_files,
-        "unused_nifti_files": loose_nifti,
+        "unused_nifti_files": loose_nifti + loose_masks,
         "ignored_files": [_rel(p, root) for p in scan.other_files],
     }
     return Cohort(root=root, config=config, patient_ids=usable, clinical=clinical_usable,
