@@ -111,3 +111,49 @@ def test_comparison_refuses_files_that_disagree_on_labels(tmp_path):
     _scores(tmp_path, "baselines/n_stage/all", ids, ["val"] * 8, np.arange(8.0), 1 - y)
     with pytest.raises(InputError, match="label"):
         compare_with_stage2(tmp_path)
+
+
+def test_cross_validation_scores_every_patient_once_per_repeat(bl_run, bl_config, bl_cohort):
+    pred = dataclasses.replace(bl_config.prediction, cv_folds=2, cv_repeats=2)
+    cfg = dataclasses.replace(bl_config, prediction=pred,
+                              baselines=dataclasses.replace(bl_config.baselines, models=("clinical", "n_stage", "radiomics")))
+    out = run_baselines(cfg, bl_run, bl_cohort)
+    cv = out["cv"]
+    df = pd.read_csv(bl_run / "baselines" / "cv" / "cv_scores.csv", dtype={"patient_id": str})
+    ids = sorted(bl_cohort.clinical.index)
+    for (seq, model), g in df.groupby(["sequence", "model"]):
+        for rep, r in g.groupby("repeat"):
+            assert sorted(r["patient_id"]) == ids, (seq, model, rep)  # each patient once, out of fold
+    assert {k.split("/")[0] for k in cv["models"]} == {"clinical", "n_stage", "radiomics"}
+    # out-of-fold clinical scores differ from a fit that saw every patient
+    from npc_msom.baselines.clinical import fit_clinical
+    y = bl_cohort.clinical.loc[ids, "msom"].to_numpy(dtype=int)
+    full = dict(zip(ids, fit_clinical(bl_cohort.clinical.loc[ids], ids, y).scores))
+    oof = df[(df["model"] == "clinical") & (df["repeat"] == 0)].set_index("patient_id")["score"]
+    assert not np.allclose([full[p] for p in oof.index], oof.to_numpy(), atol=1e-3)
+    # n_stage has nothing to fit: its out-of-fold score is the N stage itself
+    ns = df[df["model"] == "n_stage"]
+    n_map = {"N0": 0, "N1": 1, "N2": 2, "N3": 3}
+    assert ns["score"].tolist() == [n_map[bl_cohort.clinical.loc[p, "n_stage"]] for p in ns["patient_id"]]
+    again = run_baselines(cfg, bl_run, bl_cohort)["cv"]
+    assert again["seconds"] == cv["seconds"]  # read back, not recomputed
+
+
+def test_patient_without_gtv_slice_keeps_its_row_with_the_reason(bl_run, bl_config):
+    # no cohort given: the clinical table comes from the run folder, as stage 2 reads it
+    coco_path = bl_run / "preprocessed" / "T1WI" / "coco_val.json"
+    doc = json.loads(coco_path.read_text())
+    victim = doc["images"][0]["patient_id"]
+    ids = {im["id"] for im in doc["images"] if im["patient_id"] == victim}
+    doc["annotations"] = [a for a in doc["annotations"] if not (a["image_id"] in ids and a["category_id"] == 1)]
+    coco_path.write_text(json.dumps(doc))
+    cfg = dataclasses.replace(bl_config, preprocess=dataclasses.replace(bl_config.preprocess, sequences=("T1WI",)),
+                              baselines=dataclasses.replace(bl_config.baselines, models=("largest_slice",)))
+    out = run_baselines(cfg, bl_run)
+    assert set(out["largest_slice"]) == {"T1WI"}
+    d = bl_run / "baselines" / "largest_slice" / "T1WI"
+    df = read_scores(d / "patient_scores.csv").set_index("patient_id")
+    assert np.isnan(df.loc[victim, "score"]) and "no slice with GTV" in df.loc[victim, "note"]
+    assert df.loc[victim, "risk_group"] == ""
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["n_scored"] == m["n_patients"] - 1 and victim in m["not_scored"]

@@ -44,6 +44,29 @@ def _cohort_from_manifest(config: Config, run_dir: Path):
     return load_cohort(m["root"], config.cohort, clinical=m.get("clinical_table"), show_progress=False)
 
 
+def _clinical_table(config: Config, run_dir: Path, cohort) -> pd.DataFrame:
+    """The clinical table stage 2 uses: the cohort's, else the run's cohort/clinical.csv, else the
+    cohort read again from cohort/manifest.json."""
+    if cohort is not None:
+        return cohort.clinical
+    if (run_dir / "cohort" / "clinical.csv").is_file():
+        from npc_msom.prediction.stage import read_clinical
+        return read_clinical(run_dir)
+    return _cohort_from_manifest(config, run_dir).clinical
+
+
+class _LazyCohort:
+    """The cohort, read from cohort/manifest.json only when a model needs the images."""
+
+    def __init__(self, config: Config, run_dir: Path, cohort=None):
+        self._config, self._run_dir, self._cohort = config, run_dir, cohort
+
+    def get(self):
+        if self._cohort is None:
+            self._cohort = _cohort_from_manifest(self._config, self._run_dir)
+        return self._cohort
+
+
 def _sequences(config: Config, run_dir: Path) -> list[str]:
     return [s for s in config.preprocess.sequences
             if (run_dir / "preprocessed" / s / "coco_train.json").is_file()
@@ -64,16 +87,16 @@ def run_baselines(config: Config, run_dir: str | Path, cohort=None) -> dict:
         raise ConfigError(f"baselines.models: unknown model(s) {unknown}; known: {list(MODELS)}")
     split = read_split(run_dir)
     sequences = _sequences(config, run_dir)
-    if cohort is None:
-        cohort = _cohort_from_manifest(config, run_dir)
+    clinical = _clinical_table(config, run_dir, cohort)
     ids = split.patient_ids
-    missing = [p for p in ids if p not in cohort.clinical.index]
+    missing = [p for p in ids if p not in clinical.index]
     if missing:
         raise InputError(f"{len(missing)} patient(s) of the split have no clinical row, e.g. {missing[0]}",
                          patient=missing[0], file=run_dir / "preprocessed" / "split.json",
                          expected="a clinical row (with msom) for every patient of the split")
-    table = cohort.clinical.loc[ids]
+    table = clinical.loc[ids]
     labels = labels_for(table, ids)
+    images = _LazyCohort(config, run_dir, cohort)
     base = {"seed": config.seed, "split": split.digest(), "labels": frame_digest(table[["msom"]])}
     out: dict = {}
     for model in cfg.models:
@@ -85,7 +108,10 @@ def run_baselines(config: Config, run_dir: str | Path, cohort=None) -> dict:
             out[model] = {seq: _run_largest_slice(config, run_dir, seq, split, table, labels, base,
                                                   fusion=model.endswith("_fusion")) for seq in sequences}
         elif model == "radiomics":
-            out[model] = _run_radiomics(config, run_dir, sequences, split, cohort, labels, base)
+            out[model] = _run_radiomics(config, run_dir, sequences, split, images, labels, base)
+    if config.prediction.cv_folds > 1:
+        from .cv import cv_baselines
+        out["cv"] = cv_baselines(config, run_dir, table, images, sequences)
     return out
 
 
@@ -182,7 +208,19 @@ def _run_largest_slice(config, run_dir, seq, split, table, labels, base, *, fusi
     return _summary("done", out_dir, secs, m)
 
 
-def _run_radiomics(config, run_dir, sequences, split, cohort, labels, base) -> dict:
+def radiomics_features(config: Config, run_dir: Path, images: _LazyCohort, ids: list[str],
+                       sequences: list[str]) -> dict[str, dict[str, dict]]:
+    """{sequence: {patient_id: {"features": ...} | {"note": ...}}}, from the cache where it can."""
+    from . import radiomics as rad
+    cfg = config.baselines
+    params = rad.params_path(cfg.radiomics_params)
+    cache = run_dir / "baselines" / "radiomics" / "cache"
+    return rad.extract_cohort(images.get, ids, sequences, cache, params_file=params,
+                              spacing_mm=config.preprocess.spacing_mm, margin_mm=cfg.radiomics_margin_mm,
+                              workers=cfg.radiomics_workers)
+
+
+def _run_radiomics(config, run_dir, sequences, split, images, labels, base) -> dict:
     from npc_msom.runtime import write_json_atomic
 
     cfg = config.baselines
@@ -206,8 +244,7 @@ def _run_radiomics(config, run_dir, sequences, split, cohort, labels, base) -> d
         return out
     ids = split.patient_ids
     t0 = time.perf_counter()
-    extracted = rad.extract_cohort(cohort, ids, todo, root / "cache", params_file=params, spacing_mm=spacing,
-                                   margin_mm=cfg.radiomics_margin_mm, workers=cfg.radiomics_workers)
+    extracted = radiomics_features(config, run_dir, images, ids, todo)
     t_extract = time.perf_counter() - t0
     lab = dict(zip(ids, (int(v) for v in labels)))
     for seq in todo:

@@ -3,8 +3,9 @@ that both scored: ``runs/NAME/baselines/comparison.csv``.
 
 Stage-2 models are found as ``prediction/<sequence>/<mri|fusion>/patient_scores.csv``; comparison
 models as ``baselines/<model>/<sequence|all>/patient_scores.csv``. A stage-2 model is compared with
-the comparison models of its own sequence and with those that use no image (``all``); with
-``all_pairs`` with every one.
+the comparison models of its own sequence and with those that use no image (``all``); stage 2's
+``prediction/combined/<mean|stack>/`` (all sequences) and, with ``all_pairs``, every stage-2 model
+with every comparison model.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from npc_msom.runtime import write_text_atomic
 from .common import ALL_SEQUENCES
 
 log = logging.getLogger(__name__)
+
+COMBINED = "combined"  # prediction/combined/<mean|stack>/: stage 2 over all sequences
 
 COMPARISON_COLUMNS = ("stage2_sequence", "stage2_model", "baseline", "baseline_sequence", "n", "n_pos",
                       "n_neg", "auc_stage2", "auc_baseline", "auc_diff", "diff_ci_low", "diff_ci_high",
@@ -79,7 +82,7 @@ def compare_with_stage2(run_dir: str | Path, *, level: float = 0.95, all_pairs: 
 
     for seq, kind, f2 in stage2:
         for model, bseq, fb in baselines:
-            if not all_pairs and bseq not in (seq, ALL_SEQUENCES):
+            if not all_pairs and seq != COMBINED and bseq not in (seq, ALL_SEQUENCES):
                 continue
             row = {"stage2_sequence": seq, "stage2_model": kind, "baseline": model, "baseline_sequence": bseq}
             row.update(paired_delong(table(f2), table(fb), level=level, a_file=f2, b_file=fb))

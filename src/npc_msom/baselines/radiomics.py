@@ -78,6 +78,9 @@ def crop_series(series: Series, structure: str = "GTV", margin_mm: float = 10.0)
                    masks={k: np.ascontiguousarray(m[sl]) for k, m in series.masks.items()})
 
 
+_EXTRACTORS: dict = {}
+
+
 def extract_features(image_zyx: np.ndarray, mask_zyx: np.ndarray, spacing_mm: float | tuple,
                      params_file: str | Path) -> dict[str, float]:
     """PyRadiomics features of ``mask_zyx`` (bool) on ``image_zyx`` (float, same shape).
@@ -101,7 +104,11 @@ def extract_features(image_zyx: np.ndarray, mask_zyx: np.ndarray, spacing_mm: fl
     msk = sitk.GetImageFromArray(np.asarray(mask_zyx, dtype=np.uint8))
     for im in (img, msk):
         im.SetSpacing(sp)
-    extractor = featureextractor.RadiomicsFeatureExtractor(str(params_file))
+    # one extractor per parameter file and process (reading and validating the file costs ~0.03 s)
+    key = (str(params_file), Path(params_file).stat().st_mtime_ns)
+    extractor = _EXTRACTORS.get(key)
+    if extractor is None:
+        extractor = _EXTRACTORS[key] = featureextractor.RadiomicsFeatureExtractor(str(params_file))
     result = extractor.execute(img, msk, label=1)
     return {k: float(v) for k, v in result.items() if not k.startswith("diagnostics_")}
 
@@ -160,6 +167,9 @@ def extract_cohort(cohort, patient_ids: list[str], sequences: list[str], cache_d
                    workers: int = 2) -> dict[str, dict[str, dict]]:
     """Features of every patient and sequence, from the cache or extracted (then cached).
 
+    cohort: a Cohort (``load_patient``), or a function returning one, called only when some
+    patient is not in the cache.
+
     Returns {sequence: {patient_id: {"features": {...}} or {"note": reason}}}. Cache files:
     ``cache_dir/<sequence>/<patient_id>.json``, used only when made with the same parameter file,
     spacing, margin and PyRadiomics version. Errors are not cached (a later run tries again).
@@ -185,6 +195,8 @@ def extract_cohort(cohort, patient_ids: list[str], sequences: list[str], cache_d
     if len(todo) < len(patient_ids):
         log.info("radiomics: %d of %d patients from the cache", len(patient_ids) - len(todo), len(patient_ids))
     jobs = [(pid, list(sequences), str(params_file), spacing_mm, margin_mm) for pid in todo]
+    if jobs and not hasattr(cohort, "load_patient"):
+        cohort = cohort()
     workers = max(1, min(int(workers), 2, len(jobs)))
 
     def store(pid: str, per_seq: dict[str, dict]) -> None:
