@@ -312,3 +312,48 @@ def test_rtstruct_wins_over_seg_on_the_same_series(tmp_path):
     assert "RTSTRUCT on the same series" in note["reason"] and "wins" in note["reason"]
     p = cohort.load_patient("P001")
     assert np.array_equal(p.series["T2WI"].masks["GTV"], wp.truth["T2WI"]["GTV"])
+
+
+# ---- every one of those in one folder: inspect --skip-bad reads the good, names the bad
+
+def test_inspect_skip_bad_on_everything_at_once(tmp_path, capsys):
+    from npc_msom.cli import main
+    from test_public_dataset import write_nifti_mask, write_public_patient
+
+    write_patient(tmp_path, "P001", seed=1)                                     # plain
+    wp = write_patient(tmp_path, "P002", seed=2)                                # RTSTRUCT on a CT, no study ref
+    extra_series_with_rtstruct(wp, description="CT planning", modality="CT")
+    wp = write_patient(tmp_path, "P003", seed=3)                                # 1-bit SEG beside RTSTRUCTs
+    write_seg(wp.folder / "SEG.dcm", wp.series["T2WI"].paths, {"GTV": wp.truth["T2WI"]["GTV"]})
+    wp = write_patient(tmp_path, "P004", seed=4, with_rtstruct=False)            # SEG only, JPEG Lossless
+    for seq in wp.series:
+        write_seg(wp.folder / f"SEG_{seq}.dcm", wp.series[seq].paths, {"GTV": wp.truth[seq]["GTV"]},
+                  seed=f"P004{seq}")
+    recompress(wp.series["T2WI"].paths, "jpeg-lossless")
+    bad = write_patient(tmp_path, "P005", seed=5)                               # undecodable pixels
+    ds = pydicom.dcmread(bad.series["CE-T1WI"].paths[6])
+    from pydicom.encaps import encapsulate
+    ds.PixelData = encapsulate([bytes(32)])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"
+    ds.save_as(bad.series["CE-T1WI"].paths[6])
+    bad_decode = bad.series["CE-T1WI"].paths[6]
+    write_public_patient(tmp_path, "001", 1)                                   # public layout
+    write_public_patient(tmp_path, "002", 2)
+    bad_mask = tmp_path / "MRI-Segments" / "002" / "ROI-T1.nii"                 # mask off its series
+    g = make_geometry(origin=(500.0, 0.0, 0.0))
+    write_nifti_mask(bad_mask, truth_masks(g)["GTV"], g)
+
+    assert main(["inspect", str(tmp_path), "--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    cohort, _ = inspect_cohort(tmp_path)
+    assert cohort.patient_ids == ["001", "P001", "P002", "P003", "P004"]
+    for pid in cohort.patient_ids:
+        p = cohort.load_patient(pid)
+        assert all("GTV" in s.masks for s in p.series.values()) and len(p.series) == 3, pid
+    skipped = out.split("Skipped:")[1].splitlines()
+    lines = [ln for ln in skipped if ln.startswith("  ") and not ln.startswith("      ")]
+    assert len(lines) == 2
+    assert "patient 002" in lines[0] and str(bad_mask) in lines[0]
+    assert "patient P005" in lines[1] and str(bad_decode) in lines[1]

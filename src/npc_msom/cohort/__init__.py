@@ -1,4 +1,5 @@
-"""What a cohort is, and reading one: DICOM series + RTSTRUCT, NIfTI folders, the clinical table.
+"""What a cohort is, and reading one: DICOM series + RTSTRUCT / SEG / NIfTI mask, NIfTI folders,
+the clinical table (layouts: docs/datasets.md).
 
 ``load_cohort(path, config)`` indexes a folder (headers only) and returns a ``Cohort`` whose
 ``load_patient(id)`` reads one patient's images and masks; ``inspect_cohort`` describes a
@@ -9,11 +10,13 @@ The manifest (``Cohort.manifest``, written as ``cohort/manifest.json`` in a run)
 ``patients``: id -> {``source`` ("dicom" | "nifti"), ``clinical`` (has a clinical row),
 ``sequences``: sequence -> {series_uid, study_uid, description, protocol, series_number,
 frame_of_reference_uid, n_files, folder, n_slices, size, spacing_mm, origin_mm, direction,
-orientation, classified_by, rtstructs, structures (GTV/GTVln -> ROI names merged into it),
-roi_voxels, unmatched_rois, warnings} (NIfTI: image, label, n_slices, size, spacing_mm, origin_mm,
+orientation, classified_by, rtstructs, segs, nifti_mask, mask_source ("RTSTRUCT" | "SEG" |
+"NIfTI" | None: RTSTRUCT wins over SEG, SEG over a NIfTI mask), structures (GTV/GTVln -> ROI,
+segment or mask names merged into it), roi_voxels, unmatched_rois, warnings} (NIfTI: image, label, n_slices, size, spacing_mm, origin_mm,
 direction, orientation, structures, warnings), ``ignored_series`` [{series_uid, description,
 n_files, reason}], ``ignored_rtstructs`` [{file, reason}], ``ignored_files`` [{file, reason}],
-``warnings``}; ``skipped`` [{patient, file, problem, expected, message, error, and ``found``
+``warnings``, ``patient_id_from`` (only when PatientID was empty and the folder named the
+patient)}; ``skipped`` [{patient, file, problem, expected, message, error, and ``found``
 (sequence -> description) when the images were fine}];
 ``clinical_only`` and ``image_only`` (patient IDs); ``clinical_problems`` (bad cells, with
 skip_bad); ``unreadable_files`` [{file, problem}] whose patient could not be told;
