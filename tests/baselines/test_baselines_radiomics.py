@@ -155,3 +155,13 @@ def test_one_bad_patient_is_named_and_the_others_go_on(tmp_path, caplog, monkeyp
     again = rad.extract_cohort(_FakeCohort(), ["GOOD", "EMPTY"], ["T1WI"], tmp_path, params_file=DEMO,
                                spacing_mm=1.0, workers=1)
     assert again["T1WI"]["GOOD"] == res["GOOD"]
+
+
+def test_two_processes_give_the_features_of_one(tmp_path):
+    ids = ["GOOD", "EMPTY", "OTHER"]
+    stats: dict = {}
+    two = rad.extract_cohort(_FakeCohort(), ids, ["T1WI"], tmp_path / "a", params_file=DEMO, workers=2, stats=stats)
+    one = rad.extract_cohort(_FakeCohort(), ids, ["T1WI"], tmp_path / "b", params_file=DEMO, workers=1)
+    assert stats["workers"] == 2 and stats["extracted_patients"] == 3
+    assert two == one
+    assert two["T1WI"]["EMPTY"]["note"] == "empty GTV on T1WI"

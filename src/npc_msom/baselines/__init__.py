@@ -209,7 +209,7 @@ def _run_largest_slice(config, run_dir, seq, split, table, labels, base, *, fusi
 
 
 def radiomics_features(config: Config, run_dir: Path, images: _LazyCohort, ids: list[str],
-                       sequences: list[str]) -> dict[str, dict[str, dict]]:
+                       sequences: list[str], stats: dict | None = None) -> dict[str, dict[str, dict]]:
     """{sequence: {patient_id: {"features": ...} | {"note": ...}}}, from the cache where it can."""
     from . import radiomics as rad
     cfg = config.baselines
@@ -217,7 +217,7 @@ def radiomics_features(config: Config, run_dir: Path, images: _LazyCohort, ids: 
     cache = run_dir / "baselines" / "radiomics" / "cache"
     return rad.extract_cohort(images.get, ids, sequences, cache, params_file=params,
                               spacing_mm=config.preprocess.spacing_mm, margin_mm=cfg.radiomics_margin_mm,
-                              workers=cfg.radiomics_workers)
+                              workers=cfg.radiomics_workers, stats=stats)
 
 
 def _run_radiomics(config, run_dir, sequences, split, images, labels, base) -> dict:
@@ -244,8 +244,12 @@ def _run_radiomics(config, run_dir, sequences, split, images, labels, base) -> d
         return out
     ids = split.patient_ids
     t0 = time.perf_counter()
-    extracted = radiomics_features(config, run_dir, images, ids, todo)
+    stats: dict = {}
+    extracted = radiomics_features(config, run_dir, images, ids, todo, stats)
     t_extract = time.perf_counter() - t0
+    n_new = stats.get("extracted_patients", 0)
+    # wall seconds per patient and sequence newly extracted (all processes together)
+    per_patient = stats["extract_seconds"] / (n_new * len(todo)) if n_new else None
     lab = dict(zip(ids, (int(v) for v in labels)))
     for seq in todo:
         t1 = time.perf_counter()
@@ -256,7 +260,7 @@ def _run_radiomics(config, run_dir, sequences, split, images, labels, base) -> d
         write_json_atomic(root / seq / "selection.json", {"sequence": seq, "params_file": str(params), **res.model.to_dict()})
         m = write_model(root / seq, model="radiomics", sequence=seq, split=split, scores=res.scores, labels=labels,
                         notes=res.notes, settings=settings[seq], level=config.evaluation.level,
-                        extra={"seconds": secs, "extract_seconds_per_patient": t_extract / max(len(ids), 1),
+                        extra={"seconds": secs, "extract_seconds_per_patient": per_patient, "extraction": stats,
                                "n_with_features": int(len(feats)), "selection": res.model.to_dict()})
         out[seq] = _summary("done", root / seq, secs, m)
     return out

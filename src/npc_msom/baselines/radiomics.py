@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import multiprocessing as mp
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -164,11 +165,12 @@ def _extract_patient(args) -> tuple[str, dict[str, dict]]:
 
 def extract_cohort(cohort, patient_ids: list[str], sequences: list[str], cache_dir: str | Path, *,
                    params_file: Path, spacing_mm: float = 1.0, margin_mm: float = 10.0,
-                   workers: int = 2) -> dict[str, dict[str, dict]]:
+                   workers: int = 2, stats: dict | None = None) -> dict[str, dict[str, dict]]:
     """Features of every patient and sequence, from the cache or extracted (then cached).
 
     cohort: a Cohort (``load_patient``), or a function returning one, called only when some
-    patient is not in the cache.
+    patient is not in the cache. stats: if given, filled with extracted / cached patient counts and
+    the seconds spent extracting.
 
     Returns {sequence: {patient_id: {"features": {...}} or {"note": reason}}}. Cache files:
     ``cache_dir/<sequence>/<patient_id>.json``, used only when made with the same parameter file,
@@ -194,6 +196,7 @@ def extract_cohort(cohort, patient_ids: list[str], sequences: list[str], cache_d
             todo.append(pid)
     if len(todo) < len(patient_ids):
         log.info("radiomics: %d of %d patients from the cache", len(patient_ids) - len(todo), len(patient_ids))
+    t0 = time.perf_counter()
     jobs = [(pid, list(sequences), str(params_file), spacing_mm, margin_mm) for pid in todo]
     if jobs and not hasattr(cohort, "load_patient"):
         cohort = cohort()
@@ -220,6 +223,10 @@ def extract_cohort(cohort, patient_ids: list[str], sequences: list[str], cache_d
                 store(*_extract_patient(job))
         finally:
             _WORKER_COHORT = None
+    if stats is not None:
+        stats.update({"extracted_patients": len(todo), "cached_patients": len(patient_ids) - len(todo),
+                      "sequences": len(sequences), "workers": workers,
+                      "extract_seconds": time.perf_counter() - t0})
     return result
 
 
