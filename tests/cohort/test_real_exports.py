@@ -357,3 +357,51 @@ def test_inspect_skip_bad_on_everything_at_once(tmp_path, capsys):
     assert len(lines) == 2
     assert "patient 002" in lines[0] and str(bad_mask) in lines[0]
     assert "patient P005" in lines[1] and str(bad_decode) in lines[1]
+
+
+# ---- item 7: minor things real exports do
+
+def test_series_without_description_is_named_by_number_and_folder(tmp_path):
+    wp = write_patient(tmp_path, "P001", seed=1)
+    study = pydicom.dcmread(wp.series["T1WI"].paths[0]).StudyInstanceUID
+    write_mr_series(wp.folder / "extra", make_image(), make_geometry(), patient_id="P001", study_uid=study,
+                    frame_of_reference_uid=make_uid("x"), series_description="", series_number=41,
+                    seed_uid="P001|nodesc")
+    cohort, text = inspect_cohort(tmp_path)
+    (ig,) = [i for i in cohort.manifest["patients"]["P001"]["ignored_series"] if i["series_number"] == 41]
+    assert ig["description"] == "" and ig["folder"] == "P001/extra"          # was: '' only
+    assert "ignored series series 41 (no description) in P001/extra" in text
+
+
+def test_gzipped_files_are_listed_not_dropped(tmp_path):
+    import gzip
+    wp = write_patient(tmp_path, "P001", seed=1)
+    gz = wp.folder / "IM_extra.dcm.gz"
+    gz.write_bytes(gzip.compress(wp.series["T2WI"].paths[0].read_bytes()))
+    cohort, text = inspect_cohort(tmp_path)
+    (a,) = cohort.manifest["archives"]                                      # was: silently ignored
+    assert a["file"] == "P001/IM_extra.dcm.gz" and "gunzip" in a["reason"]
+    assert "Not read: P001/IM_extra.dcm.gz" in text
+
+
+def test_magnitude_and_phase_in_one_series_are_split_by_image_type(tmp_path):
+    wp = write_patient(tmp_path, "P001", seed=1)
+    mag = wp.series["T2WI"]
+    for p in mag.paths:
+        ds = pydicom.dcmread(p)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
+        ds.save_as(p)
+    d0 = pydicom.dcmread(mag.paths[0])
+    write_mr_series(mag.paths[0].parent, make_image(seed=99), wp.geometry["T2WI"], patient_id="P001",
+                    study_uid=d0.StudyInstanceUID, frame_of_reference_uid=d0.FrameOfReferenceUID,
+                    series_description=d0.SeriesDescription, series_number=int(d0.SeriesNumber),
+                    seed_uid="P001|phase", file_name=lambda k, uid: f"PH{k:03d}",
+                    extra_tags={"SeriesInstanceUID": d0.SeriesInstanceUID,
+                                "ImageType": ["ORIGINAL", "PRIMARY", "P", "ND"]})
+    cohort = load_cohort(tmp_path, STRICT)                     # was: two slices at the same position
+    rec = cohort.manifest["patients"]["P001"]
+    assert rec["sequences"]["T2WI"]["n_files"] == 12
+    (ig,) = [i for i in rec["ignored_series"] if "phase" in i["reason"]]
+    assert ig["n_files"] == 12 and "magnitude images were used" in ig["reason"]
+    s = cohort.load_patient("P001").series["T2WI"]
+    np.testing.assert_allclose(s.image, wp.images["T2WI"], atol=1e-3)

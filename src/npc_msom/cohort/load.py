@@ -311,6 +311,38 @@ def _match_rtstruct(ss: StructureSet, series: dict[str, dcm.SeriesIndex], sop_to
                         expected="an RTSTRUCT drawn on one of this patient's MR series")
 
 
+_ARCHIVE_SUFFIXES = {".gz", ".tgz", ".zip", ".bz2", ".xz", ".7z", ".tar", ".rar"}
+_MAGNITUDE = {"M", "MAGNITUDE"}
+_OTHER_PARTS = {"P", "PHASE", "R", "REAL", "I", "IMAGINARY"}
+
+
+def _magnitude_only(files: list[dcm.ImageFile]) -> tuple[list[dcm.ImageFile], list[dcm.ImageFile]]:
+    """(magnitude images, the rest) of a series that stores magnitude and phase (or real /
+    imaginary) images together, told apart by ImageType; (files, []) for any other series."""
+    mag = [f for f in files if _MAGNITUDE & set(f.image_type)]
+    rest = [f for f in files if _OTHER_PARTS & set(f.image_type) and not _MAGNITUDE & set(f.image_type)]
+    if mag and rest and len(mag) + len(rest) == len(files):
+        return mag, rest
+    return files, []
+
+
+def _where(files: list[dcm.ImageFile], root: Path) -> dict:
+    """Description, number and folder of a series, for the manifest (a series may lack the first)."""
+    f0 = files[0]
+    folder = dcm._common_folder([f.path for f in files])
+    return {"description": f0.description, "series_number": f0.series_number,
+            "folder": _rel(Path(folder), root) if folder else ""}
+
+
+def _label(info: dict) -> str:
+    """'T2_TSE' or, for a series without a description, 'series 7 (no description) in P1/s7'."""
+    if info.get("description"):
+        return repr(info["description"])
+    num = info.get("series_number")
+    return (f"series {num if num is not None else '?'} (no description)"
+            + (f" in {info['folder']}" if info.get("folder") else ""))
+
+
 _SEQUENCE_FOLDERS = {"t1wi": "T1WI", "t1": "T1WI", "t2wi": "T2WI", "t2": "T2WI", "cet1wi": "CE-T1WI",
                      "cet1": "CE-T1WI", "t1c": "CE-T1WI", "t1ce": "CE-T1WI", "t1wice": "CE-T1WI"}
 
@@ -371,9 +403,15 @@ def _index_dicom_patient(pid: str, images: list[dcm.ImageFile], rtfiles: list[dc
     ignored: list[dict] = []
     failed: dict[str, DicomError] = {}
     for uid, files in sorted(by_series.items(), key=lambda kv: (kv[1][0].series_number or 0, kv[0])):
+        files, set_aside = _magnitude_only(files)
+        if set_aside:
+            kind = "/".join(set_aside[0].image_type)
+            ignored.append({"series_uid": uid, **_where(set_aside, root), "n_files": len(set_aside),
+                            "reason": f"phase/real/imaginary images stored in the magnitude series (ImageType "
+                                      f"{kind}); the {len(files)} magnitude images were used"})
         f0 = files[0]
         if f0.modality and f0.modality != "MR":
-            ignored.append({"series_uid": uid, "description": f0.description, "n_files": len(files),
+            ignored.append({"series_uid": uid, **_where(files, root), "n_files": len(files),
                             "reason": f"modality {f0.modality}, not MR"})
             continue
         seq, why = dcm.classify_series(f0.description, f0.protocol, config,
@@ -388,7 +426,7 @@ def _index_dicom_patient(pid: str, images: list[dcm.ImageFile], rtfiles: list[dc
             warnings.append(f"series {f0.description!r} is classified as {seq} by its description but lies in "
                             f"folder {folder!r}; the description was used")
         if seq is None:
-            ignored.append({"series_uid": uid, "description": f0.description, "n_files": len(files),
+            ignored.append({"series_uid": uid, **_where(files, root), "n_files": len(files),
                             "reason": why})
             continue
         try:
@@ -396,7 +434,7 @@ def _index_dicom_patient(pid: str, images: list[dcm.ImageFile], rtfiles: list[dc
         except DicomError as exc:
             # unusable; an error only if no other series gives this sequence (checked below)
             failed.setdefault(seq, exc)
-            ignored.append({"series_uid": uid, "description": f0.description, "n_files": len(files),
+            ignored.append({"series_uid": uid, **_where(files, root), "n_files": len(files),
                             "reason": f"{seq} series not usable: {exc.problem}"})
             continue
         s.sequence, s.reason = seq, why
@@ -466,7 +504,7 @@ def _index_dicom_patient(pid: str, images: list[dcm.ImageFile], rtfiles: list[dc
         chosen[seq] = _DicomSequence(series=s, rtstruct_paths=rts, seg_paths=segs)
         for i, (o, orts) in enumerate(cands):
             if i != best:
-                ignored.append({"series_uid": o.series_uid, "description": o.description, "n_files": o.n_files,
+                ignored.append({"series_uid": o.series_uid, **_where(o.files, root), "n_files": o.n_files,
                                 "reason": f"another {seq} series ({s.description!r}) was used: {why}"})
                 for p in orts:
                     rt_notes.append({"file": _rel(p, root), "reason": f"drawn on unused series {o.description!r}"})
@@ -556,8 +594,8 @@ def _index_dicom_patient(pid: str, images: list[dcm.ImageFile], rtfiles: list[dc
         if q in failed:
             raise failed[q]
     if missing:
-        found = [f"{s.description!r} ({s.sequence})" for s in series.values()] + \
-                [f"{i['description']!r} ({i['reason']})" for i in ignored]
+        found = [f"{_label(_where(s.files, root))} ({s.sequence})" for s in series.values()] + \
+                [f"{_label(i)} ({i['reason']})" for i in ignored]
         f = (images or rtfiles or segfiles)[0].path
         raise CohortError(f"missing sequence(s) {', '.join(missing)}; series found: "
                           f"{'; '.join(found) or 'none'}", patient=pid, file=f.parent,
@@ -658,6 +696,7 @@ def load_cohort(path: str | Path, config: CohortConfig | None = None,
     nifti_dirs: dict[Path, list[str]] = {}
     dicom_candidates: list[Path] = []
     dicom_masks: list[tuple[Path, str]] = []      # (NIfTI mask beside DICOM series, sequence)
+    archives: list[dict] = []
     for f in files:
         if table_resolved is not None and f.resolve() == table_resolved:
             continue
@@ -667,6 +706,10 @@ def load_cohort(path: str | Path, config: CohortConfig | None = None,
             dicom_masks.append((f, mask_seq))
         elif nii.is_nifti(f):
             nifti_dirs.setdefault(f.parent, []).append(f.name)
+        elif f.suffix.lower() in _ARCHIVE_SUFFIXES:
+            # a gzipped DICOM file or a zipped export is not read, but it must not vanish unseen
+            archives.append({"file": _rel(f, root), "reason": "compressed file or archive, not read: "
+                             "unpack it (gunzip / unzip) to include what it holds"})
         elif f.suffix.lower() in dcm.NON_DICOM_SUFFIXES:
             continue
         else:
@@ -807,6 +850,7 @@ def load_cohort(path: str | Path, config: CohortConfig | None = None,
         "unreadable_files": unreadable_files,
         "unused_nifti_files": loose_nifti + loose_masks,
         "ignored_files": [_rel(p, root) for p in scan.other_files],
+        "archives": archives,
     }
     return Cohort(root=root, config=config, patient_ids=usable, clinical=clinical_usable,
                   manifest=manifest, _entries=entries)
@@ -864,7 +908,7 @@ def format_manifest(m: dict) -> str:
             for w in info.get("warnings", []):
                 lines.append(f"           warning: {w}")
         for ig in rec.get("ignored_series", []):
-            lines.append(f"  ignored series {ig['description']!r} ({ig['n_files']} files): {ig['reason']}")
+            lines.append(f"  ignored series {_label(ig)} ({ig['n_files']} files): {ig['reason']}")
         for ig in rec.get("ignored_rtstructs", []):
             lines.append(f"  ignored RTSTRUCT {ig['file']}: {ig['reason']}")
         for ig in rec.get("ignored_files", []):
@@ -886,6 +930,8 @@ def format_manifest(m: dict) -> str:
         lines.append(f"Images without a clinical row: {', '.join(m['image_only'])}")
     if m["unreadable_files"]:
         lines.append("Unreadable files (patient unknown): " + ", ".join(u["file"] for u in m["unreadable_files"]))
+    for a in m.get("archives", []):
+        lines.append(f"Not read: {a['file']}: {a['reason']}")
     if m["ignored_files"]:
         shown = m["ignored_files"][:10]
         more = len(m["ignored_files"]) - len(shown)
