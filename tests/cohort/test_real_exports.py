@@ -405,3 +405,12 @@ def test_magnitude_and_phase_in_one_series_are_split_by_image_type(tmp_path):
     assert ig["n_files"] == 12 and "magnitude images were used" in ig["reason"]
     s = cohort.load_patient("P001").series["T2WI"]
     np.testing.assert_allclose(s.image, wp.images["T2WI"], atol=1e-3)
+
+
+def test_seg_whose_segments_map_to_nothing_names_the_file(tmp_path):
+    from npc_msom.errors import DicomError
+    wp = write_patient(tmp_path, "P001", seed=1, with_rtstruct=False)
+    seg = write_seg(wp.folder / "SEG.dcm", wp.series["T1WI"].paths, {"Brainstem": wp.truth["T1WI"]["GTV"]})
+    with pytest.raises(DicomError, match="none of the segments") as ei:
+        load_cohort(tmp_path, STRICT)
+    assert ei.value.patient == "P001" and ei.value.file == str(seg) and "'Brainstem'" in ei.value.problem

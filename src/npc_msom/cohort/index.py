@@ -261,33 +261,10 @@ def _patient_folder(path: Path, root: Path) -> str:
     return d.name
 
 
-def index_dicom_patient(pid: str, images: list[dcm.ImageFile], rtfiles: list[dcm.RTStructFile],
-                         config: CohortConfig, series_owner: dict[str, str], root: Path,
-                         notes: list[dict], segfiles: list[dcm.RTStructFile] | None = None,
-                         nifti_masks: dict[str, list[Path]] | None = None) -> tuple[Entry, dict]:
-    segfiles = segfiles or []
-    nifti_masks = nifti_masks or {}
-    if not pid:
-        f = (images or rtfiles or segfiles)[0].path
-        raise DicomError("file without PatientID", file=f, expected="a PatientID in every DICOM file")
-    # images only: planning systems often rewrite the name in the RTSTRUCT they export
-    _check_one_person(pid, [(f.path, f.patient_name, f.birth_date) for f in images])
-    by_series: dict[str, list[dcm.ImageFile]] = {}
-    warnings: list[str] = []
-    seen_sop: dict[str, dcm.ImageFile] = {}
-    for f in images:
-        if f.sop_uid and f.sop_uid in seen_sop:
-            other = seen_sop[f.sop_uid]
-            if other.ipp is not None and f.ipp is not None and (abs(other.ipp - f.ipp).max() > 1e-3):
-                raise DicomError(f"SOPInstanceUID {f.sop_uid} is used by two different slices "
-                                 f"({other.path} and {f.path})", patient=pid, file=f.path,
-                                 expected="a unique SOPInstanceUID per slice")
-            warnings.append(f"duplicate copy of a slice ignored: {rel(f.path, root)} "
-                            f"(same SOPInstanceUID as {rel(other.path, root)})")
-            continue
-        seen_sop[f.sop_uid] = f
-        by_series.setdefault(f.series_uid, []).append(f)
-
+def _usable_series(by_series: dict[str, list[dcm.ImageFile]], config: CohortConfig, pid: str, root: Path,
+                   warnings: list[str]) -> tuple[dict[str, dcm.SeriesIndex], list[dict], dict[str, DicomError]]:
+    """Classify and check every image series of a patient: (usable MR series by UID with their
+    sequence, ignored series for the manifest, sequence -> the error of its unusable series)."""
     series: dict[str, dcm.SeriesIndex] = {}
     ignored: list[dict] = []
     failed: dict[str, DicomError] = {}
@@ -328,6 +305,37 @@ def index_dicom_patient(pid: str, images: list[dcm.ImageFile], rtfiles: list[dcm
             continue
         s.sequence, s.reason = seq, why
         series[uid] = s
+    return series, ignored, failed
+
+
+def index_dicom_patient(pid: str, images: list[dcm.ImageFile], rtfiles: list[dcm.RTStructFile],
+                         config: CohortConfig, series_owner: dict[str, str], root: Path,
+                         notes: list[dict], segfiles: list[dcm.RTStructFile] | None = None,
+                         nifti_masks: dict[str, list[Path]] | None = None) -> tuple[Entry, dict]:
+    segfiles = segfiles or []
+    nifti_masks = nifti_masks or {}
+    if not pid:
+        f = (images or rtfiles or segfiles)[0].path
+        raise DicomError("file without PatientID", file=f, expected="a PatientID in every DICOM file")
+    # images only: planning systems often rewrite the name in the RTSTRUCT they export
+    _check_one_person(pid, [(f.path, f.patient_name, f.birth_date) for f in images])
+    by_series: dict[str, list[dcm.ImageFile]] = {}
+    warnings: list[str] = []
+    seen_sop: dict[str, dcm.ImageFile] = {}
+    for f in images:
+        if f.sop_uid and f.sop_uid in seen_sop:
+            other = seen_sop[f.sop_uid]
+            if other.ipp is not None and f.ipp is not None and (abs(other.ipp - f.ipp).max() > 1e-3):
+                raise DicomError(f"SOPInstanceUID {f.sop_uid} is used by two different slices "
+                                 f"({other.path} and {f.path})", patient=pid, file=f.path,
+                                 expected="a unique SOPInstanceUID per slice")
+            warnings.append(f"duplicate copy of a slice ignored: {rel(f.path, root)} "
+                            f"(same SOPInstanceUID as {rel(other.path, root)})")
+            continue
+        seen_sop[f.sop_uid] = f
+        by_series.setdefault(f.series_uid, []).append(f)
+
+    series, ignored, failed = _usable_series(by_series, config, pid, root, warnings)
     sop_to_series = {f.sop_uid: f.series_uid for fs in by_series.values() for f in fs}
     all_series_uids = set(by_series)
 
@@ -419,64 +427,8 @@ def index_dicom_patient(pid: str, images: list[dcm.ImageFile], rtfiles: list[dcm
         s = cs.series
         dcm.read_slice(s.files[len(s.files) // 2], patient=pid)
 
-    sequences: dict[str, dict] = {}
-    for seq, cs in chosen.items():
-        s = cs.series
-        sets = [ss for ss in sets_by_series.get(s.series_uid, [])]
-        info = dcm.series_summary(s)
-        info["folder"] = rel(Path(info["folder"]), root)
-        info["classified_by"] = s.reason
-        info["rtstructs"] = [rel(p, root) for p in cs.rtstruct_paths]
-        info["segs"] = [rel(p, root) for p in cs.seg_paths]
-        info["mask_source"] = ("RTSTRUCT" if sets else "SEG" if cs.seg_paths
-                               else "NIfTI" if cs.nifti_mask is not None else None)
-        info["nifti_mask"] = rel(cs.nifti_mask, root) if cs.nifti_mask is not None else None
-        w = list(s.warnings)
-        if cs.nifti_mask is not None and not sets and not cs.seg_paths:
-            _, counts, mw = dmask.mask_on_series(cs.nifti_mask, s.geometry, config.dicom_mask_structure,
-                                                 patient=pid)
-            w.extend(mw)
-            info["structures"] = {config.dicom_mask_structure: [cs.nifti_mask.name]}
-            info["roi_voxels"] = counts
-            info["unmatched_rois"] = []
-        elif cs.seg_paths and not sets:
-            mapped, unmatched = {}, []
-            for p in cs.seg_paths:
-                m, u = segmod.structures_of_seg(segmod.read_seg(p, config, patient=pid))
-                for k, v in m.items():
-                    mapped.setdefault(k, []).extend(v)
-                unmatched += u
-            _, counts, mw = seg_masks(cs.seg_paths, s, config, pid)
-            w.extend(mw)
-            info["structures"] = {k: mapped[k] for k in STRUCTURES if k in mapped}
-            info["roi_voxels"] = counts
-            info["unmatched_rois"] = unmatched
-        elif sets:
-            mapped, unmatched = structures_of(sets)
-            if not mapped:
-                names = [r.name for ss in sets for r in ss.rois]
-                raise RTStructError(f"none of the ROIs of the {seq} RTSTRUCT maps to GTV or GTVln: "
-                                    f"{', '.join(repr(n) for n in names) or 'no ROI at all'}",
-                                    patient=pid, file=sets[0].path,
-                                    expected="ROI names such as GTV, GTVnx, GTVp, GTVnd, GTVln, GTVn_L "
-                                             "(or add the spelling to cohort.roi_patterns)")
-            _, counts, mw = masks_on_grid(sets, s.stack, s.plan, missing_positions_mm=s.missing_positions_mm,
-                                          missing_grid_index=s.missing_grid_index, patient=pid)
-            w.extend(mw)
-            info["structures"] = mapped
-            info["roi_voxels"] = counts
-            info["unmatched_rois"] = unmatched
-            for n in unmatched:
-                if looks_like_tumour(n):
-                    w.append(f"ROI {n!r} looks like a tumour volume but matches no pattern of "
-                             f"cohort.roi_patterns; it was not used")
-        else:
-            info["structures"] = {}
-            info["roi_voxels"] = {}
-            info["unmatched_rois"] = []
-            w.append("no RTSTRUCT, SEG or NIfTI mask for this series: no structures")
-        info["warnings"] = w
-        sequences[seq] = info
+    sequences = {seq: _describe_sequence(seq, cs, sets_by_series.get(cs.series.series_uid, []), config, pid, root)
+                 for seq, cs in chosen.items()}
 
     missing = [q for q in config.required_sequences if q not in chosen]
     for q in missing:
@@ -494,6 +446,62 @@ def index_dicom_patient(pid: str, images: list[dcm.ImageFile], rtfiles: list[dcm
     record = {"source": "dicom", "sequences": sequences, "ignored_series": ignored,
               "ignored_rtstructs": rt_notes, "ignored_files": notes, "warnings": warnings}
     return entry, record
+
+
+def _describe_sequence(seq: str, cs: DicomSequence, sets: list[StructureSet], config: CohortConfig,
+                       pid: str, root: Path) -> dict:
+    """The manifest's record of one chosen series and its structures (RTSTRUCT, SEG or NIfTI mask,
+    in that order of precedence); rasterises the masks once to count voxels and raises for
+    structure sets whose names map to nothing."""
+    s = cs.series
+    info = dcm.series_summary(s)
+    info["folder"] = rel(Path(info["folder"]), root)
+    info["classified_by"] = s.reason
+    info["rtstructs"] = [rel(p, root) for p in cs.rtstruct_paths]
+    info["segs"] = [rel(p, root) for p in cs.seg_paths]
+    info["mask_source"] = ("RTSTRUCT" if sets else "SEG" if cs.seg_paths
+                           else "NIfTI" if cs.nifti_mask is not None else None)
+    info["nifti_mask"] = rel(cs.nifti_mask, root) if cs.nifti_mask is not None else None
+    w = list(s.warnings)
+    if sets:
+        mapped, unmatched = structures_of(sets)
+        if not mapped:
+            names = [r.name for ss in sets for r in ss.rois]
+            raise RTStructError(f"none of the ROIs of the {seq} RTSTRUCT maps to GTV or GTVln: "
+                                f"{', '.join(repr(n) for n in names) or 'no ROI at all'}",
+                                patient=pid, file=sets[0].path,
+                                expected="ROI names such as GTV, GTVnx, GTVp, GTVnd, GTVln, GTVn_L "
+                                         "(or add the spelling to cohort.roi_patterns)")
+        _, counts, mw = masks_on_grid(sets, s.stack, s.plan, missing_positions_mm=s.missing_positions_mm,
+                                      missing_grid_index=s.missing_grid_index, patient=pid)
+    elif cs.seg_paths:
+        mapped, unmatched = {}, []
+        for p in cs.seg_paths:
+            m, u = segmod.structures_of_seg(segmod.read_seg(p, config, patient=pid))
+            for k, v in m.items():
+                mapped.setdefault(k, []).extend(v)
+            unmatched += u
+        if not mapped:
+            raise DicomError(f"none of the segments of the {seq} SEG maps to GTV or GTVln: "
+                             f"{', '.join(repr(n) for n in unmatched) or 'no segment at all'}",
+                             patient=pid, file=cs.seg_paths[0],
+                             expected="segment labels such as GTV, GTVp, GTVnd (or add the spelling to "
+                                      "cohort.roi_patterns)")
+        mapped = {k: mapped[k] for k in STRUCTURES if k in mapped}
+        _, counts, mw = seg_masks(cs.seg_paths, s, config, pid)
+    elif cs.nifti_mask is not None:
+        mapped, unmatched = {config.dicom_mask_structure: [cs.nifti_mask.name]}, []
+        _, counts, mw = dmask.mask_on_series(cs.nifti_mask, s.geometry, config.dicom_mask_structure, patient=pid)
+    else:
+        mapped, unmatched, counts = {}, [], {}
+        mw = ["no RTSTRUCT, SEG or NIfTI mask for this series: no structures"]
+    w.extend(mw)
+    for n in unmatched:
+        if looks_like_tumour(n):
+            w.append(f"ROI {n!r} looks like a tumour volume but matches no pattern of "
+                     f"cohort.roi_patterns; it was not used")
+    info.update(structures=mapped, roi_voxels=counts, unmatched_rois=unmatched, warnings=w)
+    return info
 
 
 def index_nifti_patient(pid: str, folder: Path, names: list[str], config: CohortConfig,
