@@ -24,7 +24,7 @@ import pandas as pd
 from npc_msom.config import Config, to_dict
 from npc_msom.errors import ConfigError, InputError
 
-from .common import ALL_SEQUENCES, Split, file_digest, frame_digest, labels_for, read_split, up_to_date, write_model
+from .common import ALL_SEQUENCES, file_digest, frame_digest, labels_for, read_split, up_to_date, write_model
 from .comparison import compare_with_stage2, write_comparison
 
 log = logging.getLogger(__name__)
