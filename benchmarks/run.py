@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 
 # explicit list, no discovery by name
-BENCHMARKS = ("bench_preprocess", "bench_stats", "bench_detection")
+BENCHMARKS = ("bench_preprocess", "bench_stats", "bench_detection", "bench_prediction")
 
 
 def main(argv=None) -> int:

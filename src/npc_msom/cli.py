@@ -65,6 +65,8 @@ def cmd_train_detector(args) -> int:
 def cmd_train_predictor(args) -> int:
     from npc_msom import prediction
     from npc_msom.runtime import resolve_device
+    if not args.config and (Path(args.run) / "config.yaml").is_file():
+        args.config = str(Path(args.run) / "config.yaml")  # the run's own settings, unless told otherwise
     config = _config(args)
     if args.cv:
         res = prediction.cv_for_run(config, Path(args.run), args.cv, args.repeats)
@@ -140,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_train_detector)
 
     sp = sub.add_parser("train-predictor", help="stage 2: MSOM classifier(s) of one sequence, transferred from its detector")
-    sp.add_argument("--run", required=True, help="run folder with preprocessed/ and detection/")
+    sp.add_argument("--run", required=True, help="run folder with preprocessed/ and detection/ "
+                    "(its config.yaml is the default --config)")
     sp.add_argument("--sequence", choices=["T1WI", "T2WI", "CE-T1WI"])
     sp.add_argument("--model", choices=["mri", "fusion"], help="default: every model of prediction.models")
     sp.add_argument("--force", action="store_true", help="redo a model made with other settings")

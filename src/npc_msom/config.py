@@ -161,6 +161,7 @@ class PredictionConfig:
     amp: bool = True              # CUDA only
     workers: int = 0
     feature_batch_size: int = 32  # slices per forward pass when caching features / scoring
+    feature_views: int = 2        # finetune=head: cached views per slice (2 = + its mirror image, the flip augmentation)
     combine_sequences: tuple[str, ...] = SEQUENCES  # the combined model's inputs (fusion scores)
     cv_folds: int = 0             # >1: also repeated patient-level stratified CV (finetune=head)
     cv_repeats: int = 1

@@ -149,3 +149,34 @@ def test_cv_scores_every_patient_out_of_fold_once_per_repeat(pred_run, tiny_pred
         assert sorted(g["patient_id"]) == everyone, (seq, model, rep)
     assert {"CE-T1WI/mri", "CE-T1WI/fusion", "T2WI/fusion", "combined/mean"} <= set(res["models"])
     assert len(res["models"]["CE-T1WI/fusion"]["auc_per_repeat"]) == 2
+
+
+def test_detector_chosen_slices_score_every_patient(pred_run, tiny_prediction_config):
+    cfg = tiny_prediction_config(slices="detector", detector_threshold=0.5)
+    r = train_predictor_for_run(cfg, pred_run, SEQ, "mri")
+    sl = pd.read_csv(pred_run / "prediction" / SEQ / "mri" / "slice_scores.csv", dtype={"patient_id": str})
+    split = json.loads((pred_run / "preprocessed" / "split.json").read_text())
+    # an untrained detector finds nothing above 0.5: each patient falls back to its best slice
+    assert sorted(sl["patient_id"].unique()) == sorted(split["train"] + split["val"])
+    assert r.metrics["slices"] == "detector" and r.metrics["n_scored"] == len(split["val"])
+
+
+def test_top_k_aggregate_is_mean_of_the_k_highest():
+    from npc_msom.config import PredictionConfig
+    from npc_msom.prediction.stage import aggregate
+    ids = np.array(["a", "a", "a", "a", "b"])
+    p = np.array([0.1, 0.9, 0.5, 0.7, 0.3])
+    assert aggregate(ids, p, PredictionConfig(aggregate="top_k", top_k=2)) == {"a": pytest.approx(0.8), "b": 0.3}
+    assert aggregate(ids, p, PredictionConfig()) == {"a": pytest.approx(0.55), "b": 0.3}
+
+
+@pytest.mark.parametrize("level", ["P2", "P3", "P4", "P5", "P6"])
+def test_level_map_equals_the_full_fpn_output(level):
+    from npc_msom.config import DetectionConfig
+    from npc_msom.prediction.model import FPN_LEVELS
+    torch.manual_seed(0)
+    model = MSOMClassifier(DetectionConfig(backbone="resnet18", fpn_channels=16), 64, feature_level=level).eval()
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        full = model.backbone(model.prepare(x))[FPN_LEVELS[level]]
+        assert torch.allclose(model.level_map(x), full, atol=1e-6)

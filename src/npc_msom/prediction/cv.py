@@ -66,7 +66,7 @@ def cv_for_run(config: Config, run_dir: str | Path, folds: int, repeats: int = 1
         slices = choose_slices(slices, pc, run_dir, seq, device)
         feats = cached_features(net, run_dir / "preprocessed" / seq, list(slices["file_name"]),
                                 run_dir / "prediction" / seq / "features" / f"{_digest(key)}.npz", device,
-                                pc.feature_batch_size)
+                                pc.feature_batch_size, pc.feature_views)
         pids = slices["patient_id"].to_numpy()
         ys = labels_of(clinical, pids)
         for model in pc.models:

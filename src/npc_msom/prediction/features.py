@@ -47,18 +47,21 @@ def pooled_features(model, paths: Sequence[Path], device: torch.device, batch_si
 
 
 def cached_features(model, images_dir: Path, file_names: Sequence[str], cache_path: Path,
-                    device: torch.device, batch_size: int = 32) -> np.ndarray:
-    """(N, 2, C) for ``file_names`` (relative to ``images_dir``), computing only what the cache lacks."""
+                    device: torch.device, batch_size: int = 32, views: int = 2) -> np.ndarray:
+    """(N, views, C) for ``file_names`` (relative to ``images_dir``), computing only what the cache
+    lacks; views 2 = the slice and its mirror image, 1 = the slice only."""
+    if views not in (1, 2):
+        raise ValueError(f"prediction.feature_views: expected 1 or 2, got {views}")
     have: dict[str, np.ndarray] = {}
     if cache_path.is_file():
         with np.load(cache_path, allow_pickle=False) as z:
             names, feats = z["file_names"], z["features"]
-            if feats.ndim == 3 and feats.shape[-1] == model.channels:
+            if feats.ndim == 3 and feats.shape[1] == views and feats.shape[-1] == model.channels:
                 have = {str(n): feats[i] for i, n in enumerate(names)}
     todo = [f for f in dict.fromkeys(file_names) if f not in have]
     if todo:
         log.info("features: %d slice(s) to compute, %d cached (%s)", len(todo), len(have), cache_path.name)
-        new = pooled_features(model, [images_dir / f for f in todo], device, batch_size,
+        new = pooled_features(model, [images_dir / f for f in todo], device, batch_size, mirror=views == 2,
                               desc=f"features {cache_path.parent.parent.name}")
         have.update(zip(todo, new))
         names = np.array(sorted(have))
@@ -67,4 +70,4 @@ def cached_features(model, images_dir: Path, file_names: Sequence[str], cache_pa
                 np.savez(f, file_names=names, features=np.stack([have[n] for n in names]))
     else:
         log.info("features: all %d slice(s) cached (%s)", len(file_names), cache_path.name)
-    return np.stack([have[f] for f in file_names]) if len(file_names) else np.zeros((0, 2, model.channels), np.float32)
+    return np.stack([have[f] for f in file_names]) if len(file_names) else np.zeros((0, views, model.channels), np.float32)

@@ -110,10 +110,28 @@ class MSOMClassifier(nn.Module):
             x = F.pad(x, (0, pad_w, 0, pad_h))
         return x
 
+    def level_map(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) the chosen FPN level, computed without the levels it does not need.
+
+        torchvision's FPN computes every level; P3 only needs the top-down path from C5 to C3 and one
+        3x3 output conv, so the P2 output conv (the costliest, at stride 4) and those of P4/P5 are
+        skipped. Equal to ``backbone(x)[level]`` (a test checks it).
+        """
+        level = FPN_LEVELS[self.feature_level]
+        if level == "pool":
+            return self.backbone(self.prepare(images))["pool"]
+        fpn = self.backbone.fpn
+        c = list(self.backbone.body(self.prepare(images)).values())
+        k = int(level)
+        inner = fpn.get_result_from_inner_blocks(c[-1], -1)
+        for idx in range(len(c) - 2, k - 1, -1):
+            lateral = fpn.get_result_from_inner_blocks(c[idx], idx)
+            inner = lateral + F.interpolate(inner, size=lateral.shape[-2:], mode="nearest")
+        return fpn.get_result_from_layer_blocks(inner, k if k < len(c) - 1 else -1)
+
     def pooled(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C) global average of the chosen FPN level."""
-        feats = self.backbone(self.prepare(images))
-        return feats[FPN_LEVELS[self.feature_level]].mean(dim=(-2, -1))
+        return self.level_map(images).mean(dim=(-2, -1))
 
     def forward(self, images: torch.Tensor, clinical: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.pooled(images), clinical)

@@ -199,13 +199,14 @@ def _extractor(config: Config, run_dir: Path, sequence: str, n_clinical: int, im
                              expected="the detector trained with this run's config (retrain it, or fix the config)")
         model = MSOMClassifier(det, image_size, feature_level=pc.feature_level, n_clinical=n_clinical)
         n = transfer_from_detector(model, ckpt, path)
-        key = {"init": "detector", "sha256": file_digest(path), "level": pc.feature_level}
+        key = {"init": "detector", "sha256": file_digest(path), "level": pc.feature_level, "views": pc.feature_views}
         return model, key, n
     if pc.init != "scratch":
         raise ConfigError(f"prediction.init: expected detector or scratch, got {pc.init!r}")
     torch.manual_seed(config.seed)
     model = MSOMClassifier(config.detection, image_size, feature_level=pc.feature_level, n_clinical=n_clinical)
-    key = {"init": "scratch", "seed": config.seed, "detection": to_dict(config.detection), "level": pc.feature_level}
+    key = {"init": "scratch", "seed": config.seed, "detection": to_dict(config.detection), "level": pc.feature_level,
+           "views": pc.feature_views}
     return model, key, 0
 
 
@@ -263,7 +264,8 @@ def train_predictor_for_run(config: Config, run_dir: str | Path, sequence: str, 
     if pc.finetune == "head":
         cache = seq_dir / "features" / f"{_digest(cache_key)}.npz"
         t0 = time.perf_counter()
-        feats = cached_features(net, images_dir, list(slices["file_name"]), cache, device, pc.feature_batch_size)
+        feats = cached_features(net, images_dir, list(slices["file_name"]), cache, device, pc.feature_batch_size,
+                                pc.feature_views)
         feature_seconds = time.perf_counter() - t0
         net.cpu()
         history = train_head(net.head, feats[is_train], y_slice[is_train], pc,

@@ -102,7 +102,7 @@ def train_head(head: MSOMHead, features: np.ndarray, labels: np.ndarray, cfg: Pr
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             count += len(idx)
         rec = {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": cfg.lr,
                "seconds": round(time.perf_counter() - t0, 4), "slices": int(n)}
@@ -232,7 +232,7 @@ def finetune_all(model: MSOMClassifier, paths: Sequence[Path], labels: np.ndarra
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(y)
+            total += float(loss.detach()) * len(y)
             count += len(y)
         secs = time.perf_counter() - t0
         rec = {"epoch": epoch + 1, "loss": total / max(count, 1), "lr": cfg.lr, "seconds": round(secs, 3),
