@@ -102,6 +102,8 @@ def run(run_dir: str | Path | None = None) -> dict:
     models: dict = {}
     total_s = 0.0
     for model, per_seq in summary.items():
+        if model == "cv":
+            continue
         for seq, s in per_seq.items():
             if s.get("status") == "skipped":
                 models[f"{model}/{seq}"] = {"status": "skipped", "reason": s.get("reason")}

@@ -74,7 +74,8 @@ def _sequences(config: Config, run_dir: Path) -> list[str]:
 
 
 def run_baselines(config: Config, run_dir: str | Path, cohort=None) -> dict:
-    """Run every comparison model; returns {model: {sequence or "all": summary dict}}.
+    """Run every comparison model; returns {model: {sequence or "all": summary dict}}, plus "cv":
+    the cv_metrics.json summary when ``prediction.cv_folds`` > 1.
 
     summary: status ("done" | "up to date" | "skipped"), out_dir, seconds, auc (validation), n_scored,
     n_patients, and ``reason`` when skipped. ``cohort`` (npc_msom.cohort.Cohort) gives the clinical
@@ -97,7 +98,8 @@ def run_baselines(config: Config, run_dir: str | Path, cohort=None) -> dict:
     table = clinical.loc[ids]
     labels = labels_for(table, ids)
     images = _LazyCohort(config, run_dir, cohort)
-    base = {"seed": config.seed, "split": split.digest(), "labels": frame_digest(table[["msom"]])}
+    base = {"seed": config.seed, "split": split.digest(), "labels": frame_digest(table[["msom"]]),
+            "level": config.evaluation.level}
     out: dict = {}
     for model in cfg.models:
         if model == "clinical":
