@@ -9,6 +9,16 @@ import pytest
 from npc_msom.config import load_config
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _two_threads():
+    # the machine's 2 cores; a fixed thread count also keeps CPU results bitwise repeatable
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def synth_cohort_dir(tmp_path_factory):
     from npc_msom.synth import write_cohort

@@ -89,13 +89,22 @@ def prediction_stage(config: Config, run_dir: Path, sequences=None, force: bool 
     return _stage(config, run_dir, sequences, force=force, device=resolve_device(config.device))
 
 
-STAGES: tuple[str, ...] = ("preprocess", "detection", "prediction")
+def baselines_stage(config: Config, run_dir: Path, cohort=None) -> dict:
+    """The comparison models on the same patients and split, then their DeLong tests against stage 2."""
+    from npc_msom.baselines import run_baselines, write_comparison
+    out = run_baselines(config, run_dir, cohort)
+    if (run_dir / "prediction").is_dir():
+        out["comparison"] = str(write_comparison(run_dir, level=config.evaluation.level))
+    return out
+
+
+STAGES: tuple[str, ...] = ("preprocess", "detection", "prediction", "baselines")
 
 
 def run(config: Config, cohort_dir: str | Path, run_dir: str | Path, *,
         clinical: str | Path | None = None, stages: tuple[str, ...] = STAGES,
         force: tuple[str, ...] = ()) -> RunResult:
-    """Everything built so far, in order: cohort -> preprocess -> detection -> prediction."""
+    """Everything built so far, in order: cohort -> preprocess -> detection -> prediction -> baselines."""
     run_dir = start_run(config, run_dir)
     done: dict = {}
     cohort = load_cohort_stage(config, cohort_dir, run_dir, clinical)
@@ -111,6 +120,8 @@ def run(config: Config, cohort_dir: str | Path, run_dir: str | Path, *,
         pred = prediction_stage(config, run_dir, force="prediction" in force)
         done["prediction"] = {k: (v.to_dict() if hasattr(v, "to_dict") else
                                   {m: s["auc_mean"] for m, s in v["models"].items()}) for k, v in pred.items()}
+    if "baselines" in stages:
+        done["baselines"] = baselines_stage(config, run_dir, cohort)
     result = RunResult(run_dir, done)
     write_json_atomic(run_dir / "run_summary.json", result.to_dict())
     return result

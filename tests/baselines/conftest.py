@@ -8,16 +8,7 @@ import dataclasses
 import shutil
 
 import pytest
-import torch
 
-
-@pytest.fixture(scope="session", autouse=True)
-def _one_thread():
-    # 2 cores shared with other work; a fixed thread count also keeps CPU results repeatable
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

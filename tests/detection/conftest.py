@@ -9,21 +9,12 @@ import dataclasses
 import shutil
 
 import pytest
-import torch
 
 from npc_msom.config import Config, DetectionConfig
 from npc_msom.detection.toydata import write_toy_coco
 
 SEQUENCE = "CE-T1WI"
 
-
-@pytest.fixture(scope="session", autouse=True)
-def _two_threads():
-    # 2 shared cores; a fixed thread count also keeps CPU results bitwise repeatable
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_config(**detection) -> Config:

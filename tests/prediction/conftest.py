@@ -14,13 +14,6 @@ from npc_msom.config import Config, DetectionConfig, PredictionConfig, to_dict
 SEQUENCES = ("T1WI", "T2WI", "CE-T1WI")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny_prediction_config(**prediction) -> Config:
     det = DetectionConfig(backbone="resnet18", fpn_channels=32, box_batch_size=64, amp=False)

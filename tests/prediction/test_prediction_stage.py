@@ -180,3 +180,12 @@ def test_level_map_equals_the_full_fpn_output(level):
     with torch.no_grad():
         full = model.backbone(model.prepare(x))[FPN_LEVELS[level]]
         assert torch.allclose(model.level_map(x), full, atol=1e-6)
+
+
+def test_metrics_of_constant_training_scores_do_not_crash():
+    from npc_msom.prediction.scores import model_metrics, patient_table
+    df = patient_table(["a", "b", "c", "d", "e", "f"], ["train"] * 3 + ["val"] * 3,
+                       [0.5, 0.5, 0.5, 0.2, 0.7, 0.4], [0, 1, 0, 0, 1, 1])
+    assert (df["cutoff"] == 0.5).all()
+    m = model_metrics(df)
+    assert m["auc"]["auc"] == pytest.approx(1.0) and m["risk_groups"] == {"high": 1, "low": 2}

@@ -150,7 +150,13 @@ def youden_cutoff(y_true, y_score) -> float:
     best = np.flatnonzero(j_f == j_f.max())
     if best.size > 1:
         log.info("Youden's index ties at %d cut-offs; taking the lowest", best.size)
-    return float(curve.thresholds[best].min())
+    cut = float(curve.thresholds[best].min())
+    if not np.isfinite(cut):
+        # every score equal: pROC's only cut-offs are -Inf / Inf; "everyone positive" as a usable
+        # finite cut-off is the lowest score itself
+        cut = float(np.min(_checks.finite_float(y_score, "y_score")))
+        log.warning("all scores equal: Youden's cut-off is the score itself (everyone called positive)")
+    return cut
 
 
 def threshold_metrics(y_true, y_score, cutoff: float, cutoff_method: str = "given",

@@ -9,7 +9,6 @@ of some held-out patients, and the output says so.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
