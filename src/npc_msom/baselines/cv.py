@@ -28,11 +28,11 @@ CV_MODELS = ("clinical", "n_stage", "radiomics")
 
 
 def fold_assignments(ids, labels, folds: int, repeats: int, seed: int) -> list[tuple[int, int, np.ndarray]]:
-    """[(repeat, fold, validation ids)] exactly as stage 2's cross-validation draws them."""
-    from sklearn.model_selection import RepeatedStratifiedKFold
-    ids = np.asarray(ids)
-    rskf = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
-    return [(i // folds, i % folds, ids[va]) for i, (_, va) in enumerate(rskf.split(ids, np.asarray(labels)))]
+    """[(repeat, fold, validation ids)] exactly as stage 2's cross-validation draws them (one
+    function for both: ``preprocess.split.repeated_kfold``)."""
+    from npc_msom.preprocess.split import repeated_kfold
+    return [(d["repeat"], d["fold"], np.asarray(d["val"]))
+            for d in repeated_kfold(list(ids), [int(v) for v in labels], folds, repeats, seed)]
 
 
 def _radiomics_settings(config) -> dict:

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.model_selection import RepeatedStratifiedKFold
 
 from npc_msom.config import Config
 from npc_msom.errors import ConfigError
@@ -26,6 +25,7 @@ from npc_msom.prediction.features import cached_features
 from npc_msom.prediction.model import MSOMHead
 from npc_msom.prediction.stage import (_digest, _extractor, _image_size, aggregate, choose_slices, labels_of,
                                        read_clinical, read_slices, read_split)
+from npc_msom.preprocess.split import repeated_kfold
 from npc_msom.prediction.train import head_probabilities, slice_weights, train_head
 from npc_msom.runtime import resolve_device, write_json_atomic, write_text_atomic
 
@@ -49,8 +49,8 @@ def cv_for_run(config: Config, run_dir: str | Path, folds: int, repeats: int = 1
     clinical = read_clinical(run_dir)
     ids = np.array(sorted(split["train"] + split["val"]))
     y = labels_of(clinical, ids)
-    rskf = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=config.seed)
-    assignments = [(i // folds, i % folds, ids[va]) for i, (_, va) in enumerate(rskf.split(ids, y))]
+    assignments = [(d["repeat"], d["fold"], np.asarray(d["val"]))
+                   for d in repeated_kfold(list(ids), [int(v) for v in y], folds, repeats, config.seed)]
     rows = []
     for seq in pc.combine_sequences:
         if not (run_dir / "preprocessed" / seq / "slices.csv").is_file():
