@@ -196,11 +196,6 @@ def transfer_from_detector(model: MSOMClassifier, ckpt: dict, path: str | Path =
     return len(own)
 
 
-def build_classifier(det_config: DetectionConfig, image_size: int, feature_level: str, n_clinical: int,
-                     ) -> MSOMClassifier:
-    return MSOMClassifier(det_config, image_size, feature_level=feature_level, n_clinical=n_clinical)
-
-
 def classifier_meta(model: MSOMClassifier) -> dict:
     """What rebuilds the classifier (stored in its checkpoint)."""
     return {"detection": to_dict(model.det_config), "image_size": model.image_size,

@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -164,12 +163,6 @@ class SliceSet(torch.utils.data.Dataset):
         c = self.clinical[i] if self.clinical is not None else np.zeros(0, np.float32)
         return (torch.from_numpy(img)[None], torch.from_numpy(np.asarray(c, np.float32)),
                 torch.tensor(float(self.labels[i])), torch.tensor(float(self.weights[i])))
-
-
-@dataclass(frozen=True)
-class FinetuneState:
-    epoch: int
-    history: list
 
 
 def finetune_all(model: MSOMClassifier, paths: Sequence[Path], labels: np.ndarray, cfg: PredictionConfig, *,
