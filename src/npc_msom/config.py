@@ -77,6 +77,9 @@ class PreprocessConfig:
     image_size: int = 512
     neighbours: int = 0           # also keep this many slices above and below the tumour
     negatives_per_patient: int = 0  # tumour-free slices kept as negatives
+    # at least this many tumour-free slices per validation patient, from anywhere in the body away from
+    # the tumour, so that validation AP counts false positives on normal anatomy
+    val_negatives: int = 1
     slice_step: int = 1           # keep every n-th tumour slice (1 mm slices are highly redundant)
     image_format: str = "png"     # "png" (lossless) or "jpg" (as in the study)
     val_fraction: float = 46 / 186

@@ -184,3 +184,18 @@ def test_body_mask_keeps_dark_tissue_beside_bright_fluid():
     assert body[1][head].mean() > 0.99 and body[1][~head].mean() < 0.01  # airway hole filled
     u8 = normalise_to_uint8(img)
     assert np.median(u8[1][head & ~fluid]) > 20  # muscle visible, not crushed to black
+
+
+def test_validation_patients_always_get_a_tumour_free_slice(tmp_path):
+    """With no negatives asked for (the paper preset), validation still holds normal anatomy, so a
+    false positive there lowers AP; training keeps none."""
+    cfg = load_config(None, ["preprocess.image_size=48", "preprocess.negatives_per_patient=0",
+                             "preprocess.val_fraction=0.34", "preprocess.slice_step=3"])
+    preprocess(cfg, FakeCohort(), tmp_path)
+    split = json.loads((tmp_path / "split.json").read_text())
+    slices = pd.read_csv(tmp_path / "T2WI" / "slices.csv")
+    per = slices.groupby("patient_id")["negative"].sum()
+    assert all(per[p] >= 1 for p in split["val"])
+    assert all(per[p] == 0 for p in split["train"])
+    neg = slices[slices["negative"]]
+    assert not (neg["has_gtv"] | neg["has_gtvln"]).any()

@@ -11,10 +11,12 @@ from scipy import ndimage
 
 def select_slices(masks: dict[str, np.ndarray], *, neighbours: int = 0, slice_step: int = 1,
                   negatives: int = 0, body: np.ndarray | None = None,
-                  rng: np.random.Generator | None = None, min_gap: int = 5) -> tuple[list[int], list[int]]:
+                  rng: np.random.Generator | None = None, min_gap: int = 5,
+                  body_fraction: np.ndarray | None = None) -> tuple[list[int], list[int]]:
     """Indices of tumour slices (holding GTV or GTVln, +- ``neighbours``, every ``slice_step``-th)
     and of up to ``negatives`` tumour-free slices at least ``min_gap`` slices from any tumour and
-    inside the body (when ``body`` (z, y, x) is given).
+    inside the body (when ``body`` (z, y, x) or ``body_fraction`` (z,), the share of each slice
+    inside the body, is given).
     """
     n_z = next(iter(masks.values())).shape[0] if masks else (body.shape[0] if body is not None else 0)
     has = np.zeros(n_z, dtype=bool)
@@ -33,9 +35,9 @@ def select_slices(masks: dict[str, np.ndarray], *, neighbours: int = 0, slice_st
     if negatives > 0:
         near = ndimage.binary_dilation(has, iterations=min_gap) if min_gap > 0 else has
         candidates = np.flatnonzero(~near)
-        if body is not None and candidates.size:
+        if (body is not None or body_fraction is not None) and candidates.size:
             # a negative should show anatomy, not the air above the head
-            frac = body.reshape(n_z, -1).mean(axis=1)
+            frac = body.reshape(n_z, -1).mean(axis=1) if body_fraction is None else np.asarray(body_fraction)
             candidates = candidates[frac[candidates] > 0.5 * frac.max()]
         if candidates.size:
             rng = rng or np.random.default_rng(0)

@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from npc_msom.cohort.model import Series
+from npc_msom.cohort.model import Series, geometry_from_sitk
 from npc_msom.config import Config, PreprocessConfig, to_dict
 from npc_msom.errors import InputError
 from npc_msom.preprocess.coco import coco_document, instance_annotation
-from npc_msom.preprocess.intensity import body_mask, normalise_to_uint8
-from npc_msom.preprocess.resample import resample_series
+from npc_msom.preprocess.intensity import apply_window, body_mask, intensity_window
+from npc_msom.preprocess.resample import isotropic_reference, native_plane_of, resample_mask, resample_planes
 from npc_msom.preprocess.slices import pad_to_square, resize_image, resize_instances, select_slices
 from npc_msom.preprocess.split import repeated_kfold, train_val_split
 from npc_msom.runtime import atomic_path, progress, write_json_atomic, write_text_atomic
@@ -61,23 +61,38 @@ def settings_key(cfg: PreprocessConfig, seed: int) -> str:
 
 
 def process_series(series: Series, cfg: PreprocessConfig, patient_id: str,
-                   rng: np.random.Generator) -> list[tuple[np.ndarray, dict, list[dict]]]:
-    """One series -> [(image uint8 (s, s), image record, annotations)] for the kept slices."""
-    image, masks, geom = resample_series(series, cfg.spacing_mm)
-    u8 = normalise_to_uint8(image, cfg.intensity_percentiles)
-    body = body_mask(image)
+                   rng: np.random.Generator, negatives: int | None = None) -> list[tuple[np.ndarray, dict, list[dict]]]:
+    """One series -> [(image uint8 (s, s), image record, annotations)] for the kept slices
+    (``negatives``: tumour-free slices to keep; default ``cfg.negatives_per_patient``).
+
+    The masks are resampled to the isotropic grid whole (they choose the slices); the image only
+    at the kept planes (:func:`resample_planes`, identical values). The body mask and the intensity
+    window come from the series' own voxels, before interpolation.
+    """
+    reference = isotropic_reference(series.geometry, cfg.spacing_mm)
+    geom = geometry_from_sitk(reference)
+    masks = {name: resample_mask(m, series, reference) for name, m in series.masks.items()}
+    native = series.image.astype(np.float32, copy=False)
+    body = body_mask(native)
+    lo, hi = intensity_window(native, cfg.intensity_percentiles, body)
+    frac = body.reshape(body.shape[0], -1).mean(axis=1)[native_plane_of(series, reference)]
+    if not masks:
+        masks = {"GTV": np.zeros(tuple(reversed(reference.GetSize())), dtype=bool)}
     pos, neg = select_slices(masks, neighbours=cfg.neighbours, slice_step=cfg.slice_step,
-                             negatives=cfg.negatives_per_patient, body=body, rng=rng)
+                             negatives=cfg.negatives_per_patient if negatives is None else negatives,
+                             body_fraction=frac, rng=rng)
+    kept = sorted(set(pos) | set(neg))
+    planes = apply_window(resample_planes(series, reference, kept), lo, hi) if kept else []
     direction = np.asarray(geom.direction).reshape(3, 3)
     centre_xy = np.array([(geom.size[0] - 1) / 2.0, (geom.size[1] - 1) / 2.0])
     out = []
-    for z in sorted(set(pos) | set(neg)):
-        square, _ = pad_to_square(u8[z], fill=1)
+    for z, plane in zip(kept, planes):
+        square, _ = pad_to_square(plane, fill=1)
         size = cfg.image_size
         img = resize_image(square, size)
         anns = []
         for name in ("GTV", "GTVln"):
-            if name in masks:
+            if name in series.masks:
                 sq_mask, _ = pad_to_square(masks[name][z], fill=False)
                 anns += [instance_annotation(m, name) for m in resize_instances(sq_mask, size)]
         idx = np.array([centre_xy[0], centre_xy[1], z], dtype=float)
@@ -122,7 +137,7 @@ def _patient_done(out_dir: Path, sequences, pid: str, key: str) -> bool:
 
 def _process_patient(args) -> list[dict]:
     """Worker: load one patient, write its images and per-patient records; returns skips."""
-    cohort, pid, cfg, seed, out_dir, key = args
+    cohort, pid, cfg, seed, out_dir, key, negatives = args
     skipped = []
     try:
         patient = cohort.load_patient(pid)
@@ -139,7 +154,7 @@ def _process_patient(args) -> list[dict]:
         if series is None:
             skipped.append({"patient": pid, "sequence": seq, "reason": f"no {seq} series"})
         else:
-            items = process_series(series, cfg, pid, rng)
+            items = process_series(series, cfg, pid, rng, negatives)
             for img, rec, _ in items:
                 _save_image(out_dir / seq / rec["file_name"], img, cfg)
         write_json_atomic(out_dir / seq / "patients" / f"{pid}.json",
@@ -187,7 +202,10 @@ def preprocess(config: Config, cohort, out_dir: str | Path) -> PreprocessResult:
     if len(todo) < len(ids):
         log.info("preprocess: %d of %d patients already done, resuming", len(ids) - len(todo), len(ids))
     skipped: list[dict] = []
-    jobs = [(cohort, pid, cfg, config.seed, out_dir, key) for pid in todo]
+    val = set(split["val"])
+    jobs = [(cohort, pid, cfg, config.seed, out_dir, key,
+             max(cfg.negatives_per_patient, cfg.val_negatives) if pid in val else cfg.negatives_per_patient)
+            for pid in todo]
     if cfg.workers > 1 and len(jobs) > 1:
         with mp.get_context("fork").Pool(cfg.workers) as pool:
             for s in progress(pool.imap_unordered(_process_patient, jobs), total=len(jobs), desc="preprocess"):
