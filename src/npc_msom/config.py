@@ -66,6 +66,7 @@ class CohortConfig:
     required_sequences: tuple[str, ...] = SEQUENCES
     skip_bad: bool = False
     max_gap_factor: float = 1.5  # a slice gap above this x median spacing is a missing slice
+    workers: int = 0              # processes indexing patients (and reading headers); 0 = up to 2
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,13 @@ class DetectionConfig:
     workers: int = 0
     deterministic: bool = False
     max_train_images: int = 0    # 0 = all
+    # one detector trained on the slices of every sequence, evaluated per sequence (detection/shared.py)
+    shared: bool = False
+    # RPN proposals kept after NMS per image in training / at test time (MMDetection: 1000 / 1000 at
+    # 800 px); a 128 px slice with a few tumours needs far fewer, and the box head's cost is per proposal
+    rpn_proposals_train: int = 1000
+    rpn_proposals_test: int = 1000
+    roi_sampling_ratio: int = 2  # RoIAlign points per bin side (torchvision 2; MMDetection 0 = adaptive)
     eval_every: int = 1          # validation AP every n epochs (and always after the last)
 
 

@@ -75,8 +75,13 @@ def detection_stage(config: Config, run_dir: Path, sequences=None, resume: bool 
     from npc_msom.runtime import resolve_device
     device = resolve_device(config.device)
     out = {}
-    for seq in sequences or config.preprocess.sequences:
-        out[seq] = train_detector_for_run(config, run_dir, seq, resume=resume, device=device)
+    if config.detection.shared:
+        from npc_msom.detection.shared import train_shared_detector_for_run
+        out = train_shared_detector_for_run(config, run_dir, sequences or config.preprocess.sequences,
+                                            resume=resume, device=device)
+    else:
+        for seq in sequences or config.preprocess.sequences:
+            out[seq] = train_detector_for_run(config, run_dir, seq, resume=resume, device=device)
     table2_for_run(run_dir)
     figure2(run_dir, device=device)
     return out
@@ -115,7 +120,7 @@ def run(config: Config, cohort_dir: str | Path, run_dir: str | Path, *,
         done["table1"] = str(table1_stage(cohort, res.split, run_dir))
     if "detection" in stages:
         det = detection_stage(config, run_dir)
-        done["detection"] = {seq: getattr(r, "metrics", None) for seq, r in det.items()}
+        done["detection"] = {seq: r if isinstance(r, dict) else getattr(r, "metrics", None) for seq, r in det.items()}
     if "prediction" in stages:
         pred = prediction_stage(config, run_dir, force="prediction" in force)
         done["prediction"] = {k: (v.to_dict() if hasattr(v, "to_dict") else

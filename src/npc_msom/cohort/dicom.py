@@ -8,6 +8,8 @@ the others are interpolated linearly along the normal, and the manifest says so.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import os
 import re
@@ -177,6 +179,27 @@ def scan_dicom(paths: Iterable[Path]) -> ScanResult:
         for path in paths:
             _scan_one(path, res)
     return res
+
+
+def _scan_chunk(paths: list[Path]) -> ScanResult:
+    return scan_dicom(paths)
+
+
+def scan_dicom_parallel(paths: list[Path], workers: int = 0, chunk: int = 64) -> ScanResult:
+    """:func:`scan_dicom` over forked processes (``workers``: 0 = up to 2), in the order of ``paths``.
+    A cohort of 186 patients has ~14,000 files; each header read costs ~3 ms of CPU in pydicom."""
+    import multiprocessing as mp
+    import os
+    n = workers or min(2, os.cpu_count() or 1)
+    paths = list(paths)
+    if n <= 1 or len(paths) < 2 * chunk or "fork" not in mp.get_all_start_methods():
+        return scan_dicom(paths)
+    out = ScanResult()
+    with mp.get_context("fork").Pool(n) as pool:
+        for part in pool.imap(_scan_chunk, [paths[i:i + chunk] for i in range(0, len(paths), chunk)]):
+            for f in dataclasses.fields(ScanResult):
+                getattr(out, f.name).extend(getattr(part, f.name))
+    return out
 
 
 def _scan_one(path: Path, res: ScanResult) -> None:

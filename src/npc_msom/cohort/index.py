@@ -598,8 +598,7 @@ def scan_folder(root: Path, config: CohortConfig, table_path: Path | None = None
             continue
         else:
             dicom_candidates.append(f)
-    scan = dcm.scan_dicom(progress(dicom_candidates, desc="DICOM headers", unit="file",
-                                   disable=None if show_progress is None else not show_progress))
+    scan = dcm.scan_dicom_parallel(dicom_candidates, config.workers)
     out.ignored_files = [rel(p, root) for p in scan.other_files]
 
     # a file without PatientID (the public NPC MRI dataset empties it) belongs to the patient its

@@ -189,10 +189,8 @@ def load_cohort(path: str | Path, config: CohortConfig | None = None,
     entries: dict[str, Entry] = {}
     patients_manifest: dict[str, dict] = {}
     all_ids = found.patient_ids
-    for pid in progress(all_ids, desc="patients", unit="patient",
-                        disable=None if show_progress is None else not show_progress):
-        if pid in skipped_ids:
-            continue
+    def index_one(pid: str):
+        """(entry, record) of one patient; raises InputError (record attached as ``found_record``)."""
         record = None
         try:
             if pid in found.unreadable:
@@ -220,7 +218,21 @@ def load_cohort(path: str | Path, config: CohortConfig | None = None,
                                   patient=pid, file=table_path,
                                   expected="a clinical row for every patient with images")
         except InputError as exc:
+            exc.found_record = record
+            raise
+        return entry, record
+
+    todo = [pid for pid in all_ids if pid not in skipped_ids]
+    results = _index_in_parallel(index_one, todo, config.workers, show_progress)
+    for pid in (todo if results else progress(todo, desc="patients", unit="patient",
+                                              disable=None if show_progress is None else not show_progress)):
+        try:
+            # a patient whose indexing failed in a worker is redone here, so that its error is raised
+            # (or skipped) in this process with its full message
+            entry, record = results[pid] if results.get(pid) is not None else index_one(pid)
+        except InputError as exc:
             fail(exc, pid)
+            record = getattr(exc, "found_record", None)
             if record is not None:  # the images were fine: say what was found
                 skipped[-1]["found"] = {q: i.get("description") or i.get("image")
                                         for q, i in record["sequences"].items()}
@@ -247,6 +259,36 @@ def load_cohort(path: str | Path, config: CohortConfig | None = None,
                               found.ignored_files, found.archives)
     return Cohort(root=root, config=config, patient_ids=usable, clinical=clinical_usable,
                   manifest=manifest, _entries=entries)
+
+
+_INDEX_FN = None
+_PARALLEL_MIN = 8   # patients; below this, forking costs more than it saves
+
+
+def _index_worker(pid: str):
+    try:
+        return pid, _INDEX_FN(pid)
+    except InputError:
+        return pid, None
+
+
+def _index_in_parallel(fn, pids: list[str], workers: int, show_progress: bool | None) -> dict:
+    """{pid: (entry, record) or None (failed: the caller redoes it)}; forked processes when there
+    are enough patients (indexing parses every structure set and rasterises it once)."""
+    import multiprocessing as mp
+    import os
+    n = workers or min(2, os.cpu_count() or 1)
+    bar = {"desc": "patients", "unit": "patient", "total": len(pids),
+           "disable": None if show_progress is None else not show_progress}
+    if n <= 1 or len(pids) < _PARALLEL_MIN or "fork" not in mp.get_all_start_methods():
+        return {}   # the caller indexes them one by one
+    global _INDEX_FN
+    _INDEX_FN = fn
+    try:
+        with mp.get_context("fork").Pool(n) as pool:
+            return dict(progress(pool.imap(_index_worker, pids, chunksize=4), **bar))
+    finally:
+        _INDEX_FN = None
 
 
 def inspect_cohort(path: str | Path, config: CohortConfig | None = None,

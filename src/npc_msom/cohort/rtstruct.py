@@ -283,6 +283,23 @@ def _get(ds, keyword, default=None):
     return default if v is None or v == "" else v
 
 
+def _contour_data(item):
+    """ContourData of one contour item: the raw DS bytes split into an array of strings (numpy
+    parses them to float in one call, ~20x faster than pydicom's DSfloat per value); the parsed
+    values when the element was already converted; None when absent or empty."""
+    from pydicom.dataelem import RawDataElement
+    elem = item.get_item(0x30060050) if 0x30060050 in item else None
+    if elem is None:
+        return None
+    if isinstance(elem, RawDataElement):
+        raw = elem.value
+        if raw is None:
+            return None
+        raw = bytes(raw).strip(b" \0")
+        return np.array(raw.split(b"\\")) if raw else None
+    return _get(item, "ContourData", None)
+
+
 def read_structure_set(ds, path: str | Path, config: CohortConfig, *, with_contours: bool = True,
                        patient: str | None = None) -> StructureSet:
     """Parse an RTSTRUCT dataset (pydicom) into a StructureSet; ROI names mapped via ``config``.
@@ -338,7 +355,7 @@ def read_structure_set(ds, path: str | Path, config: CohortConfig, *, with_conto
                 if u:
                     ref_sops.add(str(u))
             gtype = str(_get(c, "ContourGeometricType", "CLOSED_PLANAR")).upper()
-            data = _get(c, "ContourData", None)
+            data = _contour_data(c)
             if gtype != "CLOSED_PLANAR" or data is None:
                 roi.skipped_contours += 1
                 continue
@@ -350,7 +367,8 @@ def read_structure_set(ds, path: str | Path, config: CohortConfig, *, with_conto
                     roi.skipped_contours += 1
                 continue
             try:
-                arr = np.asarray([float(v) for v in data], dtype=np.float64)
+                arr = (data.astype(np.float64) if isinstance(data, np.ndarray)
+                       else np.asarray([float(v) for v in data], dtype=np.float64))
             except (TypeError, ValueError):
                 raise RTStructError(f"ROI {roi.name!r} has ContourData that are not numbers", patient=pid,
                                     file=path, expected="x, y, z triplets in mm") from None

@@ -172,6 +172,9 @@ def figure2(run_dir: str | Path, out_path: str | Path | None = None, device="cpu
     class_names = ref.class_names
     for seq in FIGURE2_SEQUENCES:
         ckpt = run_dir / "detection" / seq / f"checkpoint_{checkpoint}.pt"
+        if checkpoint == "last":
+            from npc_msom.detection.shared import detector_checkpoint  # noqa: PLC0415
+            ckpt = detector_checkpoint(run_dir, seq)
         coco = cocos.get(seq)
         i = None if coco is None else (index if seq == ref_seq else _match_slice(coco, pid, z, match_tol_mm))
         if coco is None or i is None or not ckpt.is_file():

@@ -143,8 +143,8 @@ def build_model(config: DetectionConfig, num_classes: int = 3, image_size: int =
         rpn_anchor_generator=anchors,
         # MMDetection v2 mask_rcnn_r50_fpn: 2000 boxes per level before and 1000 after the RPN's
         # NMS in training, 1000 / 1000 at test time.
-        rpn_pre_nms_top_n_train=2000, rpn_post_nms_top_n_train=1000,
-        rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=1000,
+        rpn_pre_nms_top_n_train=2 * config.rpn_proposals_train, rpn_post_nms_top_n_train=config.rpn_proposals_train,
+        rpn_pre_nms_top_n_test=config.rpn_proposals_test, rpn_post_nms_top_n_test=config.rpn_proposals_test,
         rpn_nms_thresh=config.rpn_nms,
         box_nms_thresh=config.box_nms,
         box_score_thresh=config.score_threshold,
@@ -152,6 +152,9 @@ def build_model(config: DetectionConfig, num_classes: int = 3, image_size: int =
         box_batch_size_per_image=config.box_batch_size,
         **extra,
     )
+    if config.roi_sampling_ratio != 2:
+        model.roi_heads.box_roi_pool.sampling_ratio = config.roi_sampling_ratio
+        model.roi_heads.mask_roi_pool.sampling_ratio = config.roi_sampling_ratio
     # Mask logits start near 0 (Detectron2's init of this layer): torchvision's Kaiming fan-out
     # init over only num_classes outputs gives logits of std ~10 and a first mask loss of ~8, which
     # a backbone trained from scratch does not survive (the loss diverged within 15 iterations).

@@ -97,7 +97,8 @@ def _digest(obj) -> str:
 
 
 def detector_checkpoint(run_dir: Path, sequence: str) -> Path:
-    return run_dir / "detection" / sequence / "checkpoint_last.pt"
+    from npc_msom.detection.shared import detector_checkpoint as _path  # noqa: PLC0415
+    return _path(run_dir, sequence)
 
 
 def settings_for(config: Config, run_dir: Path, sequence: str, model: str) -> dict:
