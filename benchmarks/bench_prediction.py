@@ -3,9 +3,9 @@ with the demo preset: the validation AUC of every model beside the oracle AUC of
 validation patients, transfer vs scratch, 5-fold x 2 CV, the DeLong tests of the study's three
 claims, and the CPU seconds of each model.
 
-The run folder (``NPC_MSOM_BENCH_RUN``, default runs/s186) must hold preprocessed/ and detection/
-of the cohort ``NPC_MSOM_BENCH_COHORT`` (default data/synth186); when it does not, they are made
-first with ``npc-msom synth`` + ``run --stages preprocess,detection`` (about 40 minutes on 2 cores).
+The run folder (``NPC_MSOM_BENCH_RUN``, default runs/demo, what ``make demo`` writes) must hold
+preprocessed/ and detection/ of the cohort ``NPC_MSOM_BENCH_COHORT`` (default data/synthetic_demo);
+when it does not, they are made first with ``npc-msom synth`` + ``run --stages preprocess,detection``.
 Stage 2 runs in ``benchmarks/results/prediction_runs/{detector,scratch}``, which link to the
 run's inputs, so the run folder itself is never changed.
 """
@@ -27,7 +27,8 @@ TARGETS = {"best_model_vs_oracle": "validation AUC within 0.05 of the oracle AUC
 def _ensure_run(config, cohort: Path, run: Path) -> None:
     from npc_msom import pipeline
     from npc_msom.synth import write_cohort
-    if all((run / "detection" / s / "checkpoint_last.pt").is_file() for s in config.preprocess.sequences) \
+    from npc_msom.detection.shared import detector_checkpoint
+    if all(detector_checkpoint(run, s).is_file() for s in config.preprocess.sequences) \
             and (run / "cohort" / "clinical.csv").is_file():
         return
     write_cohort(cohort, dataclasses.replace(config.synth, patients=186))
@@ -58,8 +59,8 @@ def run() -> dict:
     from npc_msom.prediction import prediction_stage, read_scores
 
     config = load_config(ROOT / "configs" / "demo.yaml", ["synth.patients=186"])
-    cohort = Path(os.environ.get("NPC_MSOM_BENCH_COHORT", ROOT / "data" / "synth186"))
-    run_dir = Path(os.environ.get("NPC_MSOM_BENCH_RUN", ROOT / "runs" / "s186"))
+    cohort = Path(os.environ.get("NPC_MSOM_BENCH_COHORT", ROOT / "data" / "synthetic_demo"))
+    run_dir = Path(os.environ.get("NPC_MSOM_BENCH_RUN", ROOT / "runs" / "demo"))
     _ensure_run(config, cohort, run_dir)
     split = json.loads((run_dir / "preprocessed" / "split.json").read_text())
     truth = pd.read_csv(cohort / "truth.csv", dtype={"patient_id": str}).set_index("patient_id")

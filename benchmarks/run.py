@@ -15,7 +15,8 @@ import traceback
 from pathlib import Path
 
 # explicit list, no discovery by name
-BENCHMARKS = ("bench_preprocess", "bench_stats", "bench_detection", "bench_prediction")
+BENCHMARKS = ("bench_preprocess", "bench_stats", "bench_detection", "bench_prediction", "bench_baselines",
+              "bench_demo")
 
 
 def main(argv=None) -> int:

@@ -183,6 +183,7 @@ class BaselinesConfig:
     """The comparison models (``npc_msom.baselines``); defaults are the study-sized settings."""
     # any of clinical, n_stage, largest_slice, largest_slice_fusion, radiomics
     models: tuple[str, ...] = ("clinical", "n_stage", "largest_slice", "largest_slice_fusion", "radiomics")
+    sequences: tuple[str, ...] = ()  # the image models' sequences; empty = every preprocessed one
     clinical_c: float = 1.0          # inverse L2 strength of the clinical logistic regression
     # largest-slice ResNet-18 trained from scratch (the study's reference 20)
     slice_epochs: int = 20

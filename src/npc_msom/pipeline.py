@@ -5,7 +5,9 @@ has finished, and detection resumes from its last checkpoint or is skipped when 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,27 +108,49 @@ def baselines_stage(config: Config, run_dir: Path, cohort=None) -> dict:
 STAGES: tuple[str, ...] = ("preprocess", "detection", "prediction", "baselines")
 
 
+class StageClock:
+    """Logs each stage's start and end and keeps its wall seconds (``run_summary.json``: seconds)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        log.info("stage %s: started", name)
+        t0 = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - t0, 1)
+        log.info("stage %s: done in %.1f s", name, self.seconds[name])
+
+
 def run(config: Config, cohort_dir: str | Path, run_dir: str | Path, *,
         clinical: str | Path | None = None, stages: tuple[str, ...] = STAGES,
         force: tuple[str, ...] = ()) -> RunResult:
     """Everything built so far, in order: cohort -> preprocess -> detection -> prediction -> baselines."""
     run_dir = start_run(config, run_dir)
     done: dict = {}
-    cohort = load_cohort_stage(config, cohort_dir, run_dir, clinical)
+    clock = StageClock()
+    with clock("cohort"):
+        cohort = load_cohort_stage(config, cohort_dir, run_dir, clinical)
     done["cohort"] = {"patients": len(cohort.patient_ids)}
     if "preprocess" in stages:
-        res = preprocess_stage(config, cohort, run_dir)
-        done["preprocess"] = {"images": res.n_images, "annotations": res.n_annotations}
-        done["table1"] = str(table1_stage(cohort, res.split, run_dir))
+        with clock("preprocess"):
+            res = preprocess_stage(config, cohort, run_dir)
+            done["preprocess"] = {"images": res.n_images, "annotations": res.n_annotations}
+            done["table1"] = str(table1_stage(cohort, res.split, run_dir))
     if "detection" in stages:
-        det = detection_stage(config, run_dir)
+        with clock("detection"):
+            det = detection_stage(config, run_dir)
         done["detection"] = {seq: r if isinstance(r, dict) else getattr(r, "metrics", None) for seq, r in det.items()}
     if "prediction" in stages:
-        pred = prediction_stage(config, run_dir, force="prediction" in force)
+        with clock("prediction"):
+            pred = prediction_stage(config, run_dir, force="prediction" in force)
         done["prediction"] = {k: (v.to_dict() if hasattr(v, "to_dict") else
                                   {m: s["auc_mean"] for m, s in v["models"].items()}) for k, v in pred.items()}
     if "baselines" in stages:
-        done["baselines"] = baselines_stage(config, run_dir, cohort)
+        with clock("baselines"):
+            done["baselines"] = baselines_stage(config, run_dir, cohort)
+    done["seconds"] = clock.seconds
     result = RunResult(run_dir, done)
     write_json_atomic(run_dir / "run_summary.json", result.to_dict())
     return result

@@ -68,7 +68,8 @@ class _LazyCohort:
 
 
 def _sequences(config: Config, run_dir: Path) -> list[str]:
-    return [s for s in config.preprocess.sequences
+    wanted = config.baselines.sequences or config.preprocess.sequences
+    return [s for s in config.preprocess.sequences if s in wanted
             if (run_dir / "preprocessed" / s / "coco_train.json").is_file()
             and (run_dir / "preprocessed" / s / "coco_val.json").is_file()]
 

@@ -194,9 +194,13 @@ def scan_dicom_parallel(paths: list[Path], workers: int = 0, chunk: int = 64) ->
     paths = list(paths)
     if n <= 1 or len(paths) < 2 * chunk or "fork" not in mp.get_all_start_methods():
         return scan_dicom(paths)
+    from npc_msom.runtime import progress  # noqa: PLC0415
     out = ScanResult()
+    chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
+    log.info("reading %d DICOM headers (%d processes)", len(paths), n)
     with mp.get_context("fork").Pool(n) as pool:
-        for part in pool.imap(_scan_chunk, [paths[i:i + chunk] for i in range(0, len(paths), chunk)]):
+        for part in progress(pool.imap(_scan_chunk, chunks), total=len(chunks), desc="DICOM headers",
+                             unit=f"x{chunk} files"):
             for f in dataclasses.fields(ScanResult):
                 getattr(out, f.name).extend(getattr(part, f.name))
     return out

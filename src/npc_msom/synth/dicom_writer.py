@@ -123,6 +123,55 @@ def _save(ds: Dataset, path: Path) -> None:
         ds.save_as(path, write_like_original=False)
 
 
+# the elements of an MR slice that change from file to file
+_PER_SLICE = ("SOPInstanceUID", "InstanceNumber", "ImagePositionPatient", "SliceLocation", "PixelData")
+
+
+class _SliceWriter:
+    """Writes the slices of one series: the constant elements of ``template`` are encoded once into
+    byte runs, the per-slice ones (:data:`_PER_SLICE`) encoded per file and put between them in tag
+    order. Explicit VR Little Endian, as ``save_as(enforce_file_format=True)`` writes."""
+
+    def __init__(self, template: Dataset):
+        from pydicom.datadict import tag_for_keyword
+        from pydicom.filebase import DicomBytesIO
+        from pydicom.filewriter import write_dataset
+        self._bytes_io, self._write_dataset = DicomBytesIO, write_dataset
+        self.variable = sorted(tag_for_keyword(k) for k in _PER_SLICE)
+        bounds = [-1, *self.variable, 0x1_0000_0000]
+        self.runs: list[bytes] = []
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            part = Dataset()
+            for elem in template:
+                if lo < elem.tag < hi:
+                    part.add(elem)
+            self.runs.append(self._encode(part))
+
+    def _encode(self, part: Dataset) -> bytes:
+        fp = self._bytes_io()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        self._write_dataset(fp, part, "iso8859")  # the template's ISO_IR 100
+        return fp.getvalue()
+
+    def save(self, ds: Dataset, path: Path) -> None:
+        from pydicom.filewriter import write_file_meta_info
+        fp = self._bytes_io()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        fp.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(fp, ds.file_meta, enforce_standard=True)
+        chunks = [fp.getvalue(), self.runs[0]]
+        for tag, run in zip(self.variable, self.runs[1:]):
+            part = Dataset()
+            elem = ds[tag]
+            if tag == 0x7FE00010:  # OB or OW: resolved from BitsAllocated, as save_as does
+                part.add_new(tag, "OW" if int(ds.BitsAllocated) > 8 else "OB", elem.value)
+            else:
+                part.add(elem)
+            chunks += [self._encode(part), run]
+        with open(path, "wb") as f:
+            f.write(b"".join(chunks))
+
+
 def _file_meta(sop_class_uid: str, sop_instance_uid: str) -> FileMetaDataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class_uid
@@ -275,8 +324,10 @@ def write_mr_series(out_dir: str | Path, image: np.ndarray, geometry: Geometry, 
     for key, value in (extra_tags or {}).items():
         setattr(ds, key, value)
 
-    # One dataset reused for every slice: only the per-slice elements change (much faster than
-    # building ~60 elements per file).
+    # One dataset for every slice: the elements that do not change are encoded once, and each file
+    # is their bytes with the per-slice elements encoded between them (the bytes pydicom's
+    # save_as writes, a test checks; ~5x cheaper than encoding ~70 elements per file).
+    writer = _SliceWriter(ds) if _PYDICOM_MAJOR >= 3 else None
     sop_uids: list[str] = []
     paths: list[Path] = []
     pos_out: list[tuple[float, float, float]] = []
@@ -290,7 +341,10 @@ def write_mr_series(out_dir: str | Path, image: np.ndarray, geometry: Geometry, 
         ds.SliceLocation = _ds(float(pos @ normal))
         ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
         path = out_dir / file_name(k, sop_uid)
-        _save(ds, path)
+        if writer is not None:
+            writer.save(ds, path)
+        else:  # pragma: no cover - pydicom 2.4
+            _save(ds, path)
         sop_uids.append(sop_uid)
         paths.append(path)
         # what a reader gets back from the DS strings
