@@ -90,6 +90,8 @@ def test_table3_and_metrics_json_carry_the_evaluation_numbers(evaluated_run):
     row = sv[(sv["key"] == "CE-T1WI/fusion") & (sv["endpoint"] == "DMFS") & ~sv["optimistic"]].iloc[0]
     assert metrics["survival"]["validation"]["DMFS"]["p_value"] == pytest.approx(row["p_value"])
     assert set(metrics["survival"]) == {"validation", OPTIMISTIC_LABEL}
+    assert metrics["evaluation_settings"]["inputs"]["CE-T1WI/fusion"] == \
+        pd.read_csv(run / "evaluation" / "table3.csv").set_index("key").loc["CE-T1WI/fusion", "scores_sha1"]
     # Table 2 and the cohort's skipped patient, escaped
     assert "59.6" in text and "55.6" in text
     assert "T1WI: no detector (not run)" in text and "T2WI: no detector (not run)" in text
@@ -163,3 +165,16 @@ def test_cv_tables_when_cv_ran(tmp_path, monkeypatch):
     cv_part = text[text.index('id="cv"'):text.index('id="methods"')]
     assert "5-fold, 2 repeat(s), 80 patients" in cv_part and "0.812" in cv_part and "0.021" in cv_part
     assert "Cross-validation: not run" not in text
+
+
+def test_cli_evaluate_and_report(fake_run, monkeypatch, capsys):
+    from npc_msom.cli import main
+    stub_figures(monkeypatch)
+    run, _ = fake_run
+    assert main(["evaluate", "--run", str(run)]) == 0
+    assert "evaluation: done" in capsys.readouterr().out
+    assert main(["evaluate", "--run", str(run)]) == 0
+    assert "evaluation: up to date" in capsys.readouterr().out
+    assert main(["report", "--run", str(run)]) == 0
+    assert str(run / "report.html") in capsys.readouterr().out
+    assert 'id="table3-data"' in (run / "report.html").read_text()

@@ -18,6 +18,7 @@ skips itself when they are unchanged and every artifact it lists exists.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -412,9 +413,9 @@ def evaluation_stage(config: Config, run_dir: str | Path, force: bool = False) -
         name = ROC_LABELS.get(sf.model, sf.model)
         if panel_sequence is not None and sf.sequence not in (panel_sequence, ALL, COMBINED):
             name = sf.label
-        return ROCEntry(name, roc_curve(y, s),
-                        roc_auc(y, s, ci=ec.ci_method, level=ec.level, n_boot=ec.bootstrap_resamples,
-                                seed=config.seed))
+        auc = roc_auc(y, s, ci=ec.ci_method, level=ec.level, n_boot=ec.bootstrap_resamples, seed=config.seed)
+        # the note (why a CI is missing or of zero width) is in Table 3; in a legend it squeezes the panel away
+        return ROCEntry(name, roc_curve(y, s), dataclasses.replace(auc, note=""))
 
     layout = []
     for kind, title in (("mri", "MRI"), ("fusion", "MRI + clinical")):

@@ -337,8 +337,10 @@ def build_report(run_dir: str | Path) -> Path:
     html = _template().render(**ctx)
     out = run_dir / "report.html"
     write_text_atomic(out, html)
-    write_json_atomic(run_dir / "metrics.json", headline_metrics(run_dir, config, detection, table3_df,
-                                                                  survival_df, surv_model))
+    metrics = headline_metrics(run_dir, config, detection, table3_df, survival_df, surv_model)
+    # what the numbers were computed from: the evaluation's settings with the sha1 of every score file
+    metrics["evaluation_settings"] = (evaluation or {}).get("settings")
+    write_json_atomic(run_dir / "metrics.json", metrics)
     log.info("report: %s (%d figure(s) embedded)", out, sum(f is not None for f in (figure2, *figures.values())))
     return out
 
