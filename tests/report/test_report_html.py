@@ -178,3 +178,25 @@ def test_cli_evaluate_and_report(fake_run, monkeypatch, capsys):
     assert main(["report", "--run", str(run)]) == 0
     assert str(run / "report.html") in capsys.readouterr().out
     assert 'id="table3-data"' in (run / "report.html").read_text()
+
+
+def test_detection_of_some_sequences_only(tmp_path):
+    # before every detector is trained there is no detection/table2.csv nor figure2.png: each
+    # sequence's own stand in
+    import shutil
+
+    from npc_msom.detection.metrics import write_table2
+    run, _ = make_fake_run(tmp_path / "run", baselines=False)
+    (run / "detection" / "table2.csv").unlink()
+    (run / "detection" / "figure2.png").unlink()
+    m = json.loads((run / "detection" / "CE-T1WI" / "metrics.json").read_text())
+    write_table2({"CE-T1WI": m}, run / "detection" / "CE-T1WI" / "table2.csv")
+    (run / "detection" / "CE-T1WI" / "figures").mkdir()
+    Image.new("RGB", (30, 20), (9, 9, 9)).save(run / "detection" / "CE-T1WI" / "figures" / "figure2.png")
+    text = build_report(run).read_text()
+    assert "59.6" in text and "T2WI: no detector (not run)" in text and "CE-T1WI: no detector" not in text
+    imgs = _parse(text).imgs
+    assert [i["alt"] for i in imgs] == ["figure2_CE-T1WI"]
+    assert (run / "report" / "figures" / "figure2_CE-T1WI.png").is_file()
+    shutil.rmtree(run / "detection")
+    assert "Figure 2: not run" in build_report(run).read_text()

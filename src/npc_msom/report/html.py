@@ -136,6 +136,11 @@ def _cohort_section(run_dir: Path) -> dict:
 
 def _detection_section(run_dir: Path, sequences: tuple[str, ...]) -> dict:
     t2 = _read_csv(run_dir / "detection" / "table2.csv")
+    if t2 is None:
+        # detection/table2.csv is written once every sequence is trained; until then each
+        # sequence's own table2.csv stands in
+        parts = [df for seq in sequences if (df := _read_csv(run_dir / "detection" / seq / "table2.csv")) is not None]
+        t2 = pd.concat(parts, ignore_index=True) if parts else None
     rows, headline = [], {}
     if t2 is not None:
         t2 = t2.fillna("")
@@ -285,9 +290,15 @@ def build_report(run_dir: str | Path) -> Path:
     # Table 1's HTML is the project's own output (render_table1_html escapes every cell)
     table1 = Markup(t1.read_text()) if t1.is_file() else None
     detection = _detection_section(run_dir, sequences)
-    figure2 = _figure(run_dir, run_dir / "detection" / "figure2.png", "figure2",
-                      "Figure 2. One validation slice per sequence: ground truth in red, predicted GTV in yellow "
-                      "and GTVln in blue, each with its confidence.")
+    fig2_caption = ("Figure 2. One validation slice per sequence: ground truth in red, predicted GTV in yellow "
+                    "and GTVln in blue, each with its confidence.")
+    figure2 = [f for f in [_figure(run_dir, run_dir / "detection" / "figure2.png", "figure2", fig2_caption)] if f]
+    if not figure2:
+        # the all-sequence figure is drawn after the last detector; before that, each sequence's own
+        figure2 = [f for seq in sequences if (f := _figure(
+            run_dir, run_dir / "detection" / seq / "figures" / "figure2.png", f"figure2_{seq}",
+            f"Figure 2, {seq}: a validation slice with ground truth in red, predicted GTV in yellow and GTVln "
+            "in blue, each with its confidence."))]
 
     evaluation = _read_json(run_dir / "evaluation" / "evaluation.json")
     table3_df = _read_csv(run_dir / "evaluation" / "table3.csv")
@@ -341,7 +352,7 @@ def build_report(run_dir: str | Path) -> Path:
     # what the numbers were computed from: the evaluation's settings with the sha1 of every score file
     metrics["evaluation_settings"] = (evaluation or {}).get("settings")
     write_json_atomic(run_dir / "metrics.json", metrics)
-    log.info("report: %s (%d figure(s) embedded)", out, sum(f is not None for f in (figure2, *figures.values())))
+    log.info("report: %s (%d figure(s) embedded)", out, len(figure2) + sum(f is not None for f in figures.values()))
     return out
 
 
@@ -361,8 +372,9 @@ def headline_metrics(run_dir: Path, config: dict | None, detection: dict, table3
         for r in survival[survival["key"] == survival_model].to_dict(orient="records"):
             part = OPTIMISTIC_LABEL if r["optimistic"] else "validation"
             surv.setdefault(part, {})[r["endpoint"]] = {
-                "chi2": _none(r["chi2"]), "p_value": _none(r["p_value"]), "n_low": _none(r["n_low"]),
-                "n_high": _none(r["n_high"]), "rate_time_months": _none(r["rate_time_months"]),
+                "chi2": _none(r["chi2"]), "p_value": _none(r["p_value"]),
+                "n_low": int(r["n_low"]) if _finite(r["n_low"]) else None,
+                "n_high": int(r["n_high"]) if _finite(r["n_high"]) else None, "rate_time_months": _none(r["rate_time_months"]),
                 "rate_low": _none(r["rate_low"]), "rate_high": _none(r["rate_high"]), "cutoff": _none(r["cutoff"])}
     return {"run": (config or {}).get("name", run_dir.name), "detection_ap50": detection["headline"],
             "models_validation_auc": models, "survival_model": survival_model, "survival": surv,
