@@ -200,3 +200,4 @@ def test_detection_of_some_sequences_only(tmp_path):
     assert (run / "report" / "figures" / "figure2_CE-T1WI.png").is_file()
     shutil.rmtree(run / "detection")
     assert "Figure 2: not run" in build_report(run).read_text()
+    assert not (run / "report" / "figures" / "figure2_CE-T1WI.png").exists()

@@ -285,6 +285,8 @@ def build_report(run_dir: str | Path) -> Path:
     env = _read_json(run_dir / "env.json")
     sequences = tuple((config or {}).get("preprocess", {}).get("sequences", SEQUENCES))
 
+    # the figures of an earlier build must not outlive the stage that drew them
+    shutil.rmtree(run_dir / "report" / "figures", ignore_errors=True)
     cohort = _cohort_section(run_dir)
     t1 = run_dir / "report" / "table1.html"
     # Table 1's HTML is the project's own output (render_table1_html escapes every cell)
