@@ -87,6 +87,22 @@ def cmd_train_predictor(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from npc_msom import pipeline
+    if not args.config and (Path(args.run) / "config.yaml").is_file():
+        args.config = str(Path(args.run) / "config.yaml")  # the run's own settings, unless told otherwise
+    res = pipeline.evaluation_stage(_config(args), Path(args.run), force=args.force)
+    print(f"evaluation: {res['status']}" + (f" ({res['reason']})" if res.get("reason") else "")
+          + "".join(f"\n  {name}: {rec['png']}" for name, rec in res.get("figures", {}).items()))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from npc_msom import pipeline
+    print(f"report: {pipeline.report_stage(Path(args.run))}")
+    return 0
+
+
 def cmd_run(args) -> int:
     from npc_msom import pipeline
     stages = tuple(args.stages.split(",")) if args.stages else pipeline.STAGES
@@ -152,12 +168,22 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(func=cmd_train_predictor)
 
+    sp = sub.add_parser("evaluate", help="Table 3, ROC, calibration, decision and Kaplan-Meier figures of a run")
+    sp.add_argument("--run", required=True, help="run folder (its config.yaml is the default --config)")
+    sp.add_argument("--force", action="store_true", help="redo it even when up to date")
+    common(sp)
+    sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("report", help="report.html (self-contained) and metrics.json of a run")
+    sp.add_argument("--run", required=True, help="run folder")
+    sp.set_defaults(func=cmd_report)
+
     sp = sub.add_parser("run", help="run every stage in order (resumable)")
     sp.add_argument("--cohort", required=True)
     sp.add_argument("--out", required=True)
     sp.add_argument("--stages", help="comma-separated subset, e.g. preprocess,detection (default: all)")
     sp.add_argument("--force", action="append", metavar="STAGE", help="redo a stage whose artifacts were made "
-                    "with other settings (prediction)")
+                    "with other settings (prediction, evaluation)")
     common(sp, cohort=True)
     sp.set_defaults(func=cmd_run)
     return p

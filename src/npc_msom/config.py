@@ -207,6 +207,8 @@ class EvaluationConfig:
     bootstrap_resamples: int = 2000
     level: float = 0.95
     survival_time_months: float = 36.0
+    # the model whose risk groups Figure 4 shows (the study's: CE-T1WI + clinical); "sequence/model"
+    survival_model: str = "CE-T1WI/fusion"
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,10 @@ def load_cohort_stage(config: Config, cohort_dir: str | Path, run_dir: Path, cli
     # the validated table travels with the run, so that later stages never reopen the cohort folder
     table = cohort.clinical.loc[[p for p in cohort.patient_ids if p in cohort.clinical.index]]
     write_text_atomic(run_dir / "cohort" / "clinical.csv", table.to_csv(index_label="patient_id"))
+    # a synthetic cohort's oracle risk travels too: the report gives each model's ceiling beside it
+    truth = Path(cohort_dir) / "truth.csv"
+    if truth.is_file():
+        write_text_atomic(run_dir / "cohort" / "truth.csv", truth.read_text())
     log.info("cohort: %d usable patients from %s", len(cohort.patient_ids), cohort_dir)
     return cohort
 
@@ -105,7 +109,19 @@ def baselines_stage(config: Config, run_dir: Path, cohort=None) -> dict:
     return out
 
 
-STAGES: tuple[str, ...] = ("preprocess", "detection", "prediction", "baselines")
+def evaluation_stage(config: Config, run_dir: Path, force: bool = False) -> dict:
+    """Table 3, Figures 3 and 4, calibration and decision curves on the validation patients."""
+    from npc_msom.evaluation.stage import evaluation_stage as _stage
+    return _stage(config, run_dir, force=force)
+
+
+def report_stage(run_dir: Path) -> Path:
+    """``report.html`` (self-contained) and ``metrics.json`` from whatever the run holds."""
+    from npc_msom.report.html import build_report
+    return build_report(run_dir)
+
+
+STAGES: tuple[str, ...] = ("preprocess", "detection", "prediction", "baselines", "evaluation", "report")
 
 
 class StageClock:
@@ -126,7 +142,8 @@ class StageClock:
 def run(config: Config, cohort_dir: str | Path, run_dir: str | Path, *,
         clinical: str | Path | None = None, stages: tuple[str, ...] = STAGES,
         force: tuple[str, ...] = ()) -> RunResult:
-    """Everything built so far, in order: cohort -> preprocess -> detection -> prediction -> baselines."""
+    """Every stage in order: cohort -> preprocess -> detection -> prediction -> baselines -> evaluation
+    -> report."""
     run_dir = start_run(config, run_dir)
     done: dict = {}
     clock = StageClock()
@@ -150,6 +167,13 @@ def run(config: Config, cohort_dir: str | Path, run_dir: str | Path, *,
     if "baselines" in stages:
         with clock("baselines"):
             done["baselines"] = baselines_stage(config, run_dir, cohort)
+    if "evaluation" in stages:
+        with clock("evaluation"):
+            ev = evaluation_stage(config, run_dir, force="evaluation" in force)
+        done["evaluation"] = {"status": ev["status"], "figures": sorted(ev.get("figures", {}))}
+    if "report" in stages:
+        with clock("report"):
+            done["report"] = str(report_stage(run_dir))
     done["seconds"] = clock.seconds
     result = RunResult(run_dir, done)
     write_json_atomic(run_dir / "run_summary.json", result.to_dict())

@@ -44,6 +44,14 @@ def test_wilson_hand_checkable():
         wilson_ci(5, 3)
 
 
+@pytest.mark.parametrize("n", [3, 6, 7, 10, 12, 13, 14, 24, 25])
+def test_wilson_bounds_exact_at_zero_and_all(n):
+    # these n left rounding error (lower bound 5.6e-17 at 0 of 7), so the proportion fell outside
+    # its own interval and the calibration plot's error bars went negative
+    assert wilson_ci(0, n)[0] == 0.0
+    assert wilson_ci(n, n)[1] == 1.0
+
+
 def test_youden_matches_pROC_coords_best(asah):
     c = youden_cutoff(asah.y, asah.s100b)
     assert c == pytest.approx(0.205)

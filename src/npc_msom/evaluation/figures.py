@@ -126,7 +126,9 @@ def plot_calibration(results: dict[str, CalibrationResult] | CalibrationResult, 
         for k, (label, r) in enumerate(results.items()):
             x = np.array([b.mean_predicted for b in r.bins])
             y = np.array([b.observed for b in r.bins])
-            err = np.array([[b.observed - b.ci_low for b in r.bins], [b.ci_high - b.observed for b in r.bins]])
+            # clipped at 0: matplotlib refuses a negative error bar, and rounding can make one
+            err = np.clip(np.array([[b.observed - b.ci_low for b in r.bins],
+                                    [b.ci_high - b.observed for b in r.bins]]), 0.0, None)
             ax.errorbar(x, y, yerr=err, color=COLORS[k % len(COLORS)], marker="o", ms=3.5, capsize=2,
                         lw=1.2, label=(f"{label}: intercept {r.intercept:.2f}, slope {r.slope:.2f}, "
                                        f"Brier {r.brier:.3f}"))

@@ -47,8 +47,11 @@ def wilson_ci(successes: int, total: int, level: float = 0.95) -> tuple[float, f
     denom = 1 + z * z / total
     centre = (p + z * z / (2 * total)) / denom
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    # at p = 0 or 1 the bound is exactly 0 or 1; clip rounding error
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # at p = 0 or 1 the bound is exactly 0 or 1; centre - half leaves rounding error (5.6e-17 at
+    # 0 of 7), which put the observed proportion outside its own interval
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == total else min(1.0, centre + half)
+    return lo, hi
 
 
 @dataclass(frozen=True)
