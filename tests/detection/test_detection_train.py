@@ -37,9 +37,11 @@ def test_loss_falls_over_two_epochs(trained_run):
 def test_run_writes_every_artifact(trained_run, det_run):
     out = det_run / "detection" / SEQ
     assert trained_run.out_dir == out
-    for name in ("checkpoint_last.pt", "checkpoint_best.pt", "history.jsonl", "metrics.json", "table2.csv",
-                 "figures/figure2.png"):
+    for name in ("checkpoint_last.pt", "history.jsonl", "metrics.json", "table2.csv", "figures/figure2.png"):
         assert (out / name).is_file(), name
+    # nothing chosen on the validation patients is written, so no later stage can start from it
+    assert not (out / "checkpoint_best.pt").exists()
+    assert not {"best_map50", "best_epoch"} & set(json.loads((out / "metrics.json").read_text()))
     val = json.loads((det_run / "preprocessed" / SEQ / "coco_val.json").read_text())
     split = json.loads((det_run / "preprocessed" / "split.json").read_text())
     m = json.loads((out / "metrics.json").read_text())
@@ -55,13 +57,12 @@ def test_run_writes_every_artifact(trained_run, det_run):
 
 
 def test_checkpoints_load_with_weights_only(trained_run):
-    for path in (trained_run.checkpoint_last, trained_run.checkpoint_best):
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        assert ckpt["meta"]["class_names"] == ["GTV", "GTVln"]
-        assert ckpt["meta"]["image_size"] == 96 and ckpt["meta"]["backbone"] == "resnet18"
-        assert ckpt["config"]["detection"]["backbone"] == "resnet18"  # the resolved config, a plain dict
-        assert ckpt["config"]["seed"] == 0
     last = torch.load(trained_run.checkpoint_last, map_location="cpu", weights_only=True)
+    assert last["meta"]["class_names"] == ["GTV", "GTVln"]
+    assert last["meta"]["image_size"] == 96 and last["meta"]["backbone"] == "resnet18"
+    assert last["config"]["detection"]["backbone"] == "resnet18"  # the resolved config, a plain dict
+    assert last["config"]["seed"] == 0
+    assert not {"best_map50", "best_epoch"} & set(last)
     assert last["epoch"] == 2 and {"optimizer", "scheduler", "model", "history"} <= set(last)
     model, meta = load_detector(trained_run.checkpoint_last)
     assert not model.training and meta["epoch"] == 2

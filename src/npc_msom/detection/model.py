@@ -245,7 +245,7 @@ def load_detector(path: str | Path, device: torch.device | str = "cpu"):
     path = Path(path)
     if not path.is_file():
         raise InputError("detector checkpoint does not exist", file=path,
-                         expected="checkpoint_last.pt or checkpoint_best.pt of train_detector")
+                         expected="checkpoint_last.pt of train_detector")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
         raise InputError("not a detector checkpoint", file=path, expected="a dict with 'model' and 'meta'")

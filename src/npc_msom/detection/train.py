@@ -43,16 +43,18 @@ LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", 
 
 @dataclass(frozen=True)
 class DetectorResult:
-    """Where a training run put its artifacts, and its validation metrics (last epoch)."""
+    """Where a training run put its artifacts, and its validation metrics (last epoch).
+
+    ``checkpoint_last`` is the one checkpoint every later stage reads: no checkpoint is chosen by
+    validation AP, since the validation patients are the ones every later metric is reported on.
+    """
     out_dir: Path
     checkpoint_last: Path
-    checkpoint_best: Path
     history: Path
     metrics_path: Path
     table2: Path
     figure: Path | None
     metrics: dict
-    best_epoch: int
     epochs_run: int
 
     def to_dict(self) -> dict:
@@ -221,8 +223,7 @@ def train_detector(config: Config, *, images_dir: str | Path, coco_train: str | 
 
     images_dir: the folder that the files' ``file_name`` entries are relative to. Category names of
     the validation file are matched to the training file's. Writes to ``out_dir``:
-    checkpoint_last.pt (every epoch), checkpoint_best.pt (highest validation mAP@0.5),
-    history.jsonl, metrics.json (last epoch's validation AP), table2.csv, figures/figure2.png.
+    checkpoint_last.pt (every epoch; the detector every later stage uses), history.jsonl, metrics.json (last epoch's validation AP), table2.csv, figures/figure2.png.
     resume: continue from out_dir/checkpoint_last.pt when it exists.
     Under torchrun (WORLD_SIZE > 1) trains with DistributedDataParallel; rank 0 writes the files.
     """
@@ -270,10 +271,10 @@ def _train(config, det, images_dir, coco_train, coco_val, out_dir, resume, devic
     use_amp = dtype is not None
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
-    last_path, best_path = out_dir / "checkpoint_last.pt", out_dir / "checkpoint_best.pt"
+    last_path = out_dir / "checkpoint_last.pt"
     history_path, metrics_path = out_dir / "history.jsonl", out_dir / "metrics.json"
     table2_path, figure_path = out_dir / "table2.csv", out_dir / "figures" / "figure2.png"
-    start_epoch, history, best_map, best_epoch, last_metrics = 0, [], -1.0, 0, None
+    start_epoch, history, last_metrics = 0, [], None
     if resume and last_path.is_file():
         ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "optimizer" not in ckpt:
@@ -290,7 +291,6 @@ def _train(config, det, images_dir, coco_train, coco_val, out_dir, resume, devic
             scaler.load_state_dict(ckpt["scaler"])
         start_epoch = int(ckpt["epoch"])
         history = list(ckpt.get("history", []))
-        best_map, best_epoch = float(ckpt.get("best_map50", -1.0)), int(ckpt.get("best_epoch", 0))
         last_metrics = ckpt.get("metrics")
         log.info("resuming %s from epoch %d of %d", out_dir, start_epoch, det.epochs)
     elif resume:
@@ -338,15 +338,9 @@ def _train(config, det, images_dir, coco_train, coco_val, out_dir, resume, devic
             log.info("epoch %d/%d: loss %.4f, %.1f images/s%s", epoch + 1, det.epochs, record["loss"],
                      record["images_per_s"],
                      "" if metrics is None else f", val mAP@0.5 {metrics.map50}")
-            improved = metrics is not None and (metrics.map50 or 0.0) > best_map
-            if improved or (not len(val_set) and is_last):
-                best_map = float(metrics.map50 or 0.0) if metrics is not None else best_map
-                best_epoch = epoch + 1
             ckpt = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "epoch": epoch + 1,
                     "config": config_dict, "meta": {**meta, "sequence": sequence}, "history": history,
-                    "best_map50": best_map, "best_epoch": best_epoch, "metrics": last_metrics}
-            if improved or (not len(val_set) and is_last):
-                _save({**ckpt, "metrics": metrics.to_dict() if metrics is not None else None}, best_path)
+                    "metrics": last_metrics}
             _save({**ckpt, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                    "scaler": scaler.state_dict() if scaler.is_enabled() else {}}, last_path)
             _write_history(history_path, history)
@@ -357,8 +351,7 @@ def _train(config, det, images_dir, coco_train, coco_val, out_dir, resume, devic
     if info.is_main:
         train_speed = [h["images_per_s"] for h in history]
         summary = {**(last_metrics or {}), "sequence": sequence, "evaluated_checkpoint": "last",
-                   "epochs": det.epochs, "best_epoch": best_epoch,
-                   "best_map50": best_map if best_map >= 0 else None, "image_size": image_size,
+                   "epochs": det.epochs, "image_size": image_size,
                    "backbone": det.backbone, "n_train_images": len(train_set), "n_val_images": len(val_set),
                    "n_train_patients": len(train_set.patients()), "n_val_patients": len(val_set.patients()),
                    "device": str(device), "world_size": info.world_size,
@@ -373,9 +366,9 @@ def _train(config, det, images_dir, coco_train, coco_val, out_dir, resume, devic
         summary = {}
     if info.enabled:
         dist.barrier()
-    return DetectorResult(out_dir=out_dir, checkpoint_last=last_path, checkpoint_best=best_path,
-                          history=history_path, metrics_path=metrics_path, table2=table2_path, figure=figure,
-                          metrics=summary, best_epoch=best_epoch, epochs_run=max(0, det.epochs - start_epoch))
+    return DetectorResult(out_dir=out_dir, checkpoint_last=last_path, history=history_path,
+                          metrics_path=metrics_path, table2=table2_path, figure=figure, metrics=summary,
+                          epochs_run=max(0, det.epochs - start_epoch))
 
 
 def train_detector_for_run(config: Config, run_dir: str | Path, sequence: str, *, resume: bool = False,
