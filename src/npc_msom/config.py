@@ -94,9 +94,12 @@ class DetectionConfig:
     lr: float = 0.005            # MMDetection 0.02 for batch 16 -> 0.005 linear-scaled to 4; 2x
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    warmup_iters: int = 500
+    warmup_iters: int = 500      # in iterations (batches), not epochs, as MMDetection's warm-up
     warmup_ratio: float = 0.001  # MMDetection: linear warm-up from lr x 0.001
-    lr_steps: tuple[int, ...] = (16, 22)
+    # lr x lr_gamma at each step. A value in (0, 1) is a fraction of the schedule (of `epochs`), so the
+    # steps move with `epochs`; MMDetection's 2x steps at epochs 16 and 22 of 24. A whole number >= 1
+    # is an epoch, and must lie below `epochs` (else a ConfigError).
+    lr_steps: tuple[float, ...] = (16 / 24, 22 / 24)
     lr_gamma: float = 0.1
     rpn_nms: float = 0.7
     box_nms: float = 0.5

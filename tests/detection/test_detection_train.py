@@ -113,6 +113,41 @@ def test_mmdetection_schedule():
     assert lr_factor(160, **kw) == pytest.approx(0.1) and lr_factor(220, **kw) == pytest.approx(0.01)
 
 
+def test_lr_steps_are_fractions_of_the_schedule_or_epochs_that_fit():
+    from npc_msom.config import load_config
+    from npc_msom.detection.train import lr_milestones
+    from npc_msom.errors import ConfigError
+    root = Path(__file__).resolve().parents[2] / "configs"
+    # the demo preset at 20 epochs: its steps move to 4/6 and 5/6 of the 20 (epochs 13.3 and 16.7),
+    # where epoch steps [4, 5] cut the lr 100x after epoch 5 of 20
+    demo = load_config(root / "demo.yaml", ["detection.epochs=20"]).detection
+    assert lr_milestones(demo.lr_steps, demo.epochs, 100) == [1333, 1667]
+    assert lr_milestones(load_config(root / "demo.yaml").detection.lr_steps, 6, 100) == [400, 500]
+    paper = load_config(root / "paper.yaml").detection
+    assert lr_milestones(paper.lr_steps, paper.epochs, 35) == [16 * 35, 22 * 35]  # MMDetection's 2x
+    assert lr_milestones((16, 22), 24, 10) == [160, 220]  # whole epochs that fit are still epochs
+    for steps, epochs in (((4, 5), 5), ((24,), 24), ((2.5,), 6), ((0.0,), 6), ((0.9, 0.5), 6)):
+        with pytest.raises(ConfigError, match="lr_steps"):
+            lr_milestones(steps, epochs, 10)
+
+
+def test_lr_milestones_seen_in_history(tiny_config, toy_run, tmp_path):
+    """4 epochs of 1 iteration with steps at 1/2 and 3/4 of the schedule: the lr recorded after
+    each epoch (the one the next iteration uses) is lr, lr/10 after epoch 2, lr/100 after epoch 3;
+    at 8 epochs the same fractions step after epochs 4 and 6."""
+    pre = toy_run / "preprocessed" / SEQ
+    no_val = json.loads((pre / "coco_val.json").read_text()) | {"images": [], "annotations": []}
+    (tmp_path / "no_val.json").write_text(json.dumps(no_val))  # the lr is all this test needs
+    paths = dict(images_dir=pre, coco_train=pre / "coco_train.json", coco_val=tmp_path / "no_val.json")
+    for epochs, drops in ((4, (2, 3)), (8, (4, 6))):
+        cfg = tiny_config(epochs=epochs, lr_steps=(0.5, 0.75), warmup_iters=0, max_train_images=2, batch_size=2,
+                          eval_every=0, lr=0.01, deterministic=False)
+        result = train_detector(cfg, out_dir=tmp_path / f"e{epochs}", **paths)
+        lrs = [h["lr"] for h in _history(result)]
+        expect = [0.01 * 0.1 ** sum(e >= d for d in drops) for e in range(1, epochs + 1)]
+        assert lrs == pytest.approx(expect, rel=1e-9), (epochs, lrs)
+
+
 def test_resume_after_a_kill_equals_uninterrupted(trained_run, tiny_config, det_run, tmp_path, monkeypatch):
     pre = det_run / "preprocessed" / SEQ
     paths = dict(images_dir=pre, coco_train=pre / "coco_train.json", coco_val=pre / "coco_val.json",

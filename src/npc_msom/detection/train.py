@@ -31,7 +31,7 @@ from npc_msom.detection.figures import detections_figure
 from npc_msom.detection.infer import evaluate_detector
 from npc_msom.detection.metrics import write_table2
 from npc_msom.detection.model import amp_context, amp_dtype, build_model, model_meta
-from npc_msom.errors import InputError, TrainingError
+from npc_msom.errors import ConfigError, InputError, TrainingError
 from npc_msom.runtime import (atomic_path, progress, resolve_device, seed_everything, worker_init_fn,
                               write_json_atomic, write_text_atomic)
 
@@ -199,9 +199,35 @@ def make_train_loader(train_set: CocoSlices, config: Config, batch_size: int, wo
     return dataset, sampler, loader
 
 
+def lr_milestones(lr_steps, epochs: int, iters_per_epoch: int) -> list[int]:
+    """``detection.lr_steps`` -> the iterations at which the lr falls by lr_gamma.
+
+    A step in (0, 1) is a fraction of the ``epochs`` x ``iters_per_epoch`` schedule (rounded to an
+    iteration), so that ``--set detection.epochs=20`` moves the steps with it; a whole number >= 1
+    is an epoch and must lie below ``epochs``. Anything else raises ConfigError: a step past the
+    end would silently never happen, and epoch steps kept from a longer schedule would cut the lr
+    100x early.
+    """
+    out = []
+    for s in lr_steps:
+        s = float(s)
+        if 0.0 < s < 1.0:
+            out.append(int(round(s * epochs * iters_per_epoch)))
+        elif s >= 1.0 and s == int(s) and s < epochs:
+            out.append(int(s) * iters_per_epoch)
+        else:
+            raise ConfigError(f"detection.lr_steps: {s:g} does not fit a schedule of {epochs} epochs; give "
+                              f"fractions of the schedule in (0, 1) (MMDetection's 2x: [0.6667, 0.9167]) or "
+                              f"whole epochs from 1 to {epochs - 1}")
+    if out != sorted(out):
+        raise ConfigError(f"detection.lr_steps: {list(lr_steps)} must increase")
+    return out
+
+
 def make_scheduler(optimizer, det, iters_per_epoch: int):
-    """Per-iteration LambdaLR with MMDetection's warm-up and steps (lr_steps in epochs)."""
-    milestones = [s * iters_per_epoch for s in det.lr_steps]
+    """Per-iteration LambdaLR with MMDetection's warm-up (``warmup_iters`` iterations) and steps
+    (``lr_steps``: fractions of ``epochs``, or whole epochs; see :func:`lr_milestones`)."""
+    milestones = lr_milestones(det.lr_steps, det.epochs, iters_per_epoch)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(
         it, warmup_iters=det.warmup_iters, warmup_ratio=det.warmup_ratio, milestones=milestones,
         gamma=det.lr_gamma))
@@ -242,6 +268,7 @@ def train_detector(config: Config, *, images_dir: str | Path, coco_train: str | 
 
 
 def _train(config, det, images_dir, coco_train, coco_val, out_dir, resume, device, info, sequence):
+    lr_milestones(det.lr_steps, det.epochs, 1)  # a step that does not fit fails before any work
     seed_everything(config.seed, deterministic=det.deterministic)
     train_set = read_coco(coco_train, images_dir)
     val_set = read_coco(coco_val, images_dir, class_names=train_set.class_names)
