@@ -39,7 +39,7 @@ def cmd_preprocess(args) -> int:
     config = _config(args)
     run_dir = pipeline.start_run(config, args.out)
     cohort = pipeline.load_cohort_stage(config, args.cohort, run_dir, args.clinical)
-    res = pipeline.preprocess_stage(config, cohort, run_dir)
+    res = pipeline.preprocess_stage(config, cohort, run_dir, force=args.force)
     print(f"preprocessed {len(cohort.patient_ids)} patients into {res.out_dir}: images {res.n_images}")
     for s in res.skipped:
         print(f"  skipped: {s}")
@@ -53,11 +53,13 @@ def cmd_train_detector(args) -> int:
         if not (args.coco_images and args.coco_val and args.out):
             raise NpcMsomError("--coco-train needs --coco-images, --coco-val and --out")
         res = detection.train_detector(config, images_dir=Path(args.coco_images), coco_train=Path(args.coco_train),
-                                       coco_val=Path(args.coco_val), out_dir=Path(args.out), resume=args.resume)
+                                       coco_val=Path(args.coco_val), out_dir=Path(args.out), resume=args.resume,
+                                       force=args.force)
     else:
         if not (args.run and args.sequence):
             raise NpcMsomError("give --run DIR --sequence SEQ, or --coco-images/--coco-train/--coco-val/--out")
-        res = detection.train_detector_for_run(config, Path(args.run), args.sequence, resume=args.resume)
+        res = detection.train_detector_for_run(config, Path(args.run), args.sequence, resume=args.resume,
+                                               force=args.force)
     print(getattr(res, "metrics", res))
     return 0
 
@@ -93,6 +95,9 @@ def cmd_run(args) -> int:
     unknown = set(stages) - set(pipeline.STAGES)
     if unknown:
         raise NpcMsomError(f"--stages: unknown stage(s) {sorted(unknown)}; known: {', '.join(pipeline.STAGES)}")
+    unknown = set(args.force or ()) - set(pipeline.FORCEABLE)
+    if unknown:
+        raise NpcMsomError(f"--force: unknown stage(s) {sorted(unknown)}; known: {', '.join(pipeline.FORCEABLE)}")
     res = pipeline.run(_config(args), args.cohort, args.out, clinical=args.clinical, stages=stages,
                        force=tuple(args.force or ()))
     print(f"run finished: {res.run_dir}")
@@ -127,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("preprocess", help="cohort -> 1 mm slices, COCO files and split in a run folder")
     sp.add_argument("--cohort", required=True)
     sp.add_argument("--out", required=True, help="run folder, e.g. runs/demo")
+    sp.add_argument("--force", action="store_true", help="make a new split.json when the split settings or "
+                    "patients changed")
     common(sp, cohort=True)
     sp.set_defaults(func=cmd_preprocess)
 
@@ -137,7 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--coco-train")
     sp.add_argument("--coco-val")
     sp.add_argument("--out", help="output folder (with --coco-*)")
-    sp.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    sp.add_argument("--resume", action="store_true", help="continue from the last checkpoint (only one made "
+                    "with the same settings and inputs)")
+    sp.add_argument("--force", action="store_true", help="with --resume: train from the start when the last "
+                    "checkpoint was made with other settings")
     common(sp)
     sp.set_defaults(func=cmd_train_detector)
 
@@ -157,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.add_argument("--stages", help="comma-separated subset, e.g. preprocess,detection (default: all)")
     sp.add_argument("--force", action="append", metavar="STAGE", help="redo a stage whose artifacts were made "
-                    "with other settings (prediction)")
+                    "with other settings (preprocess: the split; detection; prediction); repeatable")
     common(sp, cohort=True)
     sp.set_defaults(func=cmd_run)
     return p
