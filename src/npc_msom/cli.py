@@ -89,6 +89,15 @@ def cmd_train_predictor(args) -> int:
     return 0
 
 
+def cmd_weights_fetch(args) -> int:
+    from npc_msom.detection.weights import cache_dir, fetch_imagenet_weights
+    path = fetch_imagenet_weights(args.backbone)
+    print(f"{path} (sha256 checked against torchvision's published hash)\n"
+          f"copy it into the torch cache of the machine that trains: $TORCH_HOME/hub/checkpoints/ "
+          f"(default ~/.cache/torch/hub/checkpoints/; here {cache_dir()}), then use detection.weights: imagenet")
+    return 0
+
+
 def cmd_run(args) -> int:
     from npc_msom import pipeline
     stages = tuple(args.stages.split(",")) if args.stages else pipeline.STAGES
@@ -161,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--repeats", type=int, default=1, metavar="R")
     common(sp)
     sp.set_defaults(func=cmd_train_predictor)
+
+    sp = sub.add_parser("weights", help="backbone weights files (the only command that downloads)")
+    wsub = sp.add_subparsers(dest="weights_command", required=True)
+    wp = wsub.add_parser("fetch", help="download torchvision's ImageNet weights of a backbone into the torch "
+                         "cache (hash checked), for detection.weights: imagenet")
+    wp.add_argument("backbone", choices=["resnet18", "resnet34", "resnet50"])
+    wp.set_defaults(func=cmd_weights_fetch)
 
     sp = sub.add_parser("run", help="run every stage in order (resumable)")
     sp.add_argument("--cohort", required=True)

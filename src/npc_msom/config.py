@@ -88,7 +88,10 @@ class PreprocessConfig:
 @dataclass(frozen=True)
 class DetectionConfig:
     backbone: str = "resnet50"   # resnet18 | resnet34 | resnet50
-    weights: str | None = None   # local file with backbone or full-model weights
+    # None = from scratch; "imagenet" = torchvision's ImageNet file of the backbone from the local torch
+    # cache (as the study's MMDetection config; `npc-msom weights fetch resnet50` gets it where there is
+    # network); else a local file with backbone or full-model weights
+    weights: str | None = None
     epochs: int = 24
     batch_size: int = 4          # total over all processes (torchrun splits it)
     lr: float = 0.005            # MMDetection 0.02 for batch 16 -> 0.005 linear-scaled to 4; 2x

@@ -255,11 +255,12 @@ def detection_settings(config: Config, coco_train: str | Path, coco_val: str | P
 
 
 def _weights_file(det) -> Path | None:
-    """The initial weights file the config names, when it names one that exists (else None: a missing
-    file is reported by build_model, with what to do)."""
+    """The initial weights file the config names (``imagenet``: the checked torch-cache file), when
+    it exists (else None: a missing file is reported by build_model, with what to do)."""
     if not det.weights:
         return None
-    p = Path(det.weights)
+    from npc_msom.detection.weights import resolve_weights  # noqa: PLC0415
+    p = resolve_weights(det.weights, det.backbone)
     return p if p.is_file() else None
 
 

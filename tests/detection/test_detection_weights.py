@@ -1,0 +1,108 @@
+"""ImageNet initialisation from the local torch cache (stand-in files in a temporary TORCH_HOME: our
+machines cannot fetch the real ones), and conv1 on the grey slice once."""
+import shutil
+
+import pytest
+import torch
+from torchvision.models import resnet18
+
+import npc_msom.detection.weights as weights
+from npc_msom.cli import main
+from npc_msom.detection import build_model
+from npc_msom.errors import ConfigError, InputError
+from npc_msom.runtime import file_digest
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory):
+    """A ResNet-18 state dict (torchvision's ImageNet file layout, fc included) and its sha256."""
+    torch.manual_seed(3)
+    sd = resnet18(weights=None).state_dict()
+    sd["bn1.running_mean"].uniform_(-1, 1)  # a statistic a fresh network would not have
+    path = tmp_path_factory.mktemp("standin") / "resnet18.pth"
+    torch.save(sd, path)
+    return path, file_digest(path), sd
+
+
+def _install(standin, torch_home, monkeypatch, prefix=None):
+    """Put the stand-in in TORCH_HOME under a torch.hub name, and make it the expected file."""
+    path, sha, _ = standin
+    name = f"resnet18-{prefix or sha[:8]}.pth"
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    monkeypatch.setattr(weights, "imagenet_url", lambda backbone: f"https://download.pytorch.org/models/{name}")
+    target = torch_home / "hub" / "checkpoints" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, target)
+    return target
+
+
+def test_the_real_file_names_and_cache_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    f = weights.imagenet_file("resnet50")
+    assert f == tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth"  # ResNet50_Weights.IMAGENET1K_V1
+    assert weights.hash_prefix(f.name) == "0676ba61" and weights.hash_prefix("mine.pth") is None
+
+
+def test_missing_file_answered_with_the_fetch_command(tiny_config, monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(ConfigError) as e:
+        build_model(tiny_config(backbone="resnet50", weights="imagenet").detection, image_size=64)
+    msg = str(e.value)
+    assert "npc-msom weights fetch resnet50" in msg and "resnet50-0676ba61.pth" in msg
+    assert str(tmp_path / "hub" / "checkpoints") in msg
+
+
+def test_standin_with_its_hash_loads_backbone_only(standin, tiny_config, monkeypatch, tmp_path):
+    _install(standin, tmp_path, monkeypatch)
+    model = build_model(tiny_config(weights="imagenet").detection, image_size=64)
+    body, sd = model.backbone.body, standin[2]
+    for k in ("conv1.weight", "layer1.0.conv1.weight", "layer4.1.conv2.weight", "bn1.running_mean"):
+        assert torch.equal(body.state_dict()[k], sd[k]), k
+    assert not any(k.startswith("fc.") for k in body.state_dict())
+    # MMDetection's set-up with loaded weights: frozen statistics, stem and first stage frozen
+    assert not body.conv1.weight.requires_grad and body.layer2[0].conv1.weight.requires_grad
+
+
+def test_wrong_hash_refused(standin, tiny_config, monkeypatch, tmp_path):
+    target = _install(standin, tmp_path, monkeypatch, prefix="deadbeef")
+    with pytest.raises(InputError) as e:
+        build_model(tiny_config(weights="imagenet").detection, image_size=64)
+    assert "deadbeef" in str(e.value) and str(target) in str(e.value)
+
+
+def test_fetch_uses_torch_hub_with_check_hash(standin, monkeypatch, tmp_path, capsys):
+    path, sha, _ = standin
+    name = f"resnet18-{sha[:8]}.pth"
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(weights, "imagenet_url", lambda backbone: f"https://download.pytorch.org/models/{name}")
+    calls = []
+
+    def fake_download(url, model_dir=None, check_hash=False, **kw):  # what torch.hub would do, offline
+        calls.append((url, model_dir, check_hash))
+        shutil.copy(path, f"{model_dir}/{url.rsplit('/', 1)[1]}")
+        return {}
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
+    assert main(["weights", "fetch", "resnet18"]) == 0
+    assert calls == [(f"https://download.pytorch.org/models/{name}", str(tmp_path / "hub" / "checkpoints"), True)]
+    assert str(tmp_path / "hub" / "checkpoints" / name) in capsys.readouterr().out
+
+
+def test_grey_slice_once_equals_three_identical_channels(tiny_config):
+    torch.manual_seed(0)
+    model = build_model(tiny_config(score_threshold=0.0).detection, image_size=64).eval()
+    seen = []
+    model.backbone.body.conv1.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+    grey = torch.rand(1, 64, 64)
+    with torch.no_grad():
+        one = model([grey])[0]
+        three = model([grey.expand(3, -1, -1)])[0]
+        f1 = model.backbone(model.transform([grey])[0].tensors)
+        f3 = model.backbone(model.transform([grey.expand(3, -1, -1)])[0].tensors)
+    assert seen[:2] == [1, 3]  # conv1 saw the grey slice once, then the three-channel version
+    for k in f1:
+        assert torch.allclose(f1[k], f3[k], atol=1e-5, rtol=1e-4), k
+    assert len(one["scores"]) == len(three["scores"]) > 0
+    assert torch.allclose(one["scores"], three["scores"], atol=1e-5)
+    assert torch.allclose(one["boxes"], three["boxes"], atol=1e-3)
+    assert torch.allclose(one["masks"], three["masks"], atol=1e-4)
