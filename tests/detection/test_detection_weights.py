@@ -1,5 +1,5 @@
 """ImageNet initialisation from the local torch cache (stand-in files in a temporary TORCH_HOME: our
-machines cannot fetch the real ones), and conv1 on the grey slice once."""
+machines cannot fetch the real ones). conv1 on the grey slice: test_detection_model.py."""
 import shutil
 
 import pytest
@@ -87,22 +87,3 @@ def test_fetch_uses_torch_hub_with_check_hash(standin, monkeypatch, tmp_path, ca
     assert calls == [(f"https://download.pytorch.org/models/{name}", str(tmp_path / "hub" / "checkpoints"), True)]
     assert str(tmp_path / "hub" / "checkpoints" / name) in capsys.readouterr().out
 
-
-def test_grey_slice_once_equals_three_identical_channels(tiny_config):
-    torch.manual_seed(0)
-    model = build_model(tiny_config(score_threshold=0.0).detection, image_size=64).eval()
-    seen = []
-    model.backbone.body.conv1.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
-    grey = torch.rand(1, 64, 64)
-    with torch.no_grad():
-        one = model([grey])[0]
-        three = model([grey.expand(3, -1, -1)])[0]
-        f1 = model.backbone(model.transform([grey])[0].tensors)
-        f3 = model.backbone(model.transform([grey.expand(3, -1, -1)])[0].tensors)
-    assert seen[:2] == [1, 3]  # conv1 saw the grey slice once, then the three-channel version
-    for k in f1:
-        assert torch.allclose(f1[k], f3[k], atol=1e-5, rtol=1e-4), k
-    assert len(one["scores"]) == len(three["scores"]) > 0
-    assert torch.allclose(one["scores"], three["scores"], atol=1e-5)
-    assert torch.allclose(one["boxes"], three["boxes"], atol=1e-3)
-    assert torch.allclose(one["masks"], three["masks"], atol=1e-4)
