@@ -280,7 +280,8 @@ def train_detector(config: Config, *, images_dir: str | Path, coco_train: str | 
 
     images_dir: the folder that the files' ``file_name`` entries are relative to. Category names of
     the validation file are matched to the training file's. Writes to ``out_dir``:
-    checkpoint_last.pt (every epoch; the detector every later stage uses), history.jsonl, metrics.json (last epoch's validation AP), table2.csv, figures/figure2.png.
+    checkpoint_last.pt (every epoch; the detector every later stage uses), history.jsonl,
+    metrics.json (last epoch's validation AP), table2.csv, figures/figure2.png.
     resume: continue from out_dir/checkpoint_last.pt when it exists (or skip training when it is
     complete), but only when it was made with the same settings (:func:`detection_settings`): other
     settings raise StaleArtifactError naming them, unless ``force``, which trains from the start.
