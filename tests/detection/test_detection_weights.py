@@ -87,3 +87,16 @@ def test_fetch_uses_torch_hub_with_check_hash(standin, monkeypatch, tmp_path, ca
     assert calls == [(f"https://download.pytorch.org/models/{name}", str(tmp_path / "hub" / "checkpoints"), True)]
     assert str(tmp_path / "hub" / "checkpoints" / name) in capsys.readouterr().out
 
+
+
+def test_fetch_without_network_is_a_message_not_a_traceback(monkeypatch, tmp_path, capsys):
+    from urllib.error import URLError
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(url, **kw):
+        raise URLError("no route to host")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    assert main(["weights", "fetch", "resnet50"]) == 2
+    err = capsys.readouterr().err
+    assert "resnet50-0676ba61.pth" in err and "network access" in err and "Traceback" not in err

@@ -90,6 +90,10 @@ def fetch_imagenet_weights(backbone: str) -> Path:
     url = imagenet_url(backbone)
     folder = cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    torch.hub.load_state_dict_from_url(url, model_dir=str(folder), map_location="cpu", progress=True,
-                                       check_hash=True, weights_only=True)
+    try:
+        torch.hub.load_state_dict_from_url(url, model_dir=str(folder), map_location="cpu", progress=True,
+                                           check_hash=True, weights_only=True)
+    except (OSError, RuntimeError) as e:  # no network (URLError is an OSError), or torch.hub's hash check
+        raise ConfigError(f"could not fetch {url} into {folder}: {e}; run `npc-msom weights fetch {backbone}` "
+                          f"on a machine with network access and copy the file here") from e
     return resolve_imagenet_weights(backbone)
