@@ -39,7 +39,7 @@ def cmd_preprocess(args) -> int:
     config = _config(args)
     run_dir = pipeline.start_run(config, args.out)
     cohort = pipeline.load_cohort_stage(config, args.cohort, run_dir, args.clinical)
-    res = pipeline.preprocess_stage(config, cohort, run_dir)
+    res = pipeline.preprocess_stage(config, cohort, run_dir, force=args.force)
     print(f"preprocessed {len(cohort.patient_ids)} patients into {res.out_dir}: images {res.n_images}")
     for s in res.skipped:
         print(f"  skipped: {s}")
@@ -53,11 +53,13 @@ def cmd_train_detector(args) -> int:
         if not (args.coco_images and args.coco_val and args.out):
             raise NpcMsomError("--coco-train needs --coco-images, --coco-val and --out")
         res = detection.train_detector(config, images_dir=Path(args.coco_images), coco_train=Path(args.coco_train),
-                                       coco_val=Path(args.coco_val), out_dir=Path(args.out), resume=args.resume)
+                                       coco_val=Path(args.coco_val), out_dir=Path(args.out), resume=args.resume,
+                                       force=args.force)
     else:
         if not (args.run and args.sequence):
             raise NpcMsomError("give --run DIR --sequence SEQ, or --coco-images/--coco-train/--coco-val/--out")
-        res = detection.train_detector_for_run(config, Path(args.run), args.sequence, resume=args.resume)
+        res = detection.train_detector_for_run(config, Path(args.run), args.sequence, resume=args.resume,
+                                               force=args.force)
     print(getattr(res, "metrics", res))
     return 0
 
@@ -103,12 +105,24 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_weights_fetch(args) -> int:
+    from npc_msom.detection.weights import cache_dir, fetch_imagenet_weights
+    path = fetch_imagenet_weights(args.backbone)
+    print(f"{path} (sha256 checked against torchvision's published hash)\n"
+          f"copy it into the torch cache of the machine that trains: $TORCH_HOME/hub/checkpoints/ "
+          f"(default ~/.cache/torch/hub/checkpoints/; here {cache_dir()}), then use detection.weights: imagenet")
+    return 0
+
+
 def cmd_run(args) -> int:
     from npc_msom import pipeline
     stages = tuple(args.stages.split(",")) if args.stages else pipeline.STAGES
     unknown = set(stages) - set(pipeline.STAGES)
     if unknown:
         raise NpcMsomError(f"--stages: unknown stage(s) {sorted(unknown)}; known: {', '.join(pipeline.STAGES)}")
+    unknown = set(args.force or ()) - set(pipeline.FORCEABLE)
+    if unknown:
+        raise NpcMsomError(f"--force: unknown stage(s) {sorted(unknown)}; known: {', '.join(pipeline.FORCEABLE)}")
     res = pipeline.run(_config(args), args.cohort, args.out, clinical=args.clinical, stages=stages,
                        force=tuple(args.force or ()))
     print(f"run finished: {res.run_dir}")
@@ -143,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("preprocess", help="cohort -> 1 mm slices, COCO files and split in a run folder")
     sp.add_argument("--cohort", required=True)
     sp.add_argument("--out", required=True, help="run folder, e.g. runs/demo")
+    sp.add_argument("--force", action="store_true", help="make a new split.json when the split settings or "
+                    "patients changed")
     common(sp, cohort=True)
     sp.set_defaults(func=cmd_preprocess)
 
@@ -153,7 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--coco-train")
     sp.add_argument("--coco-val")
     sp.add_argument("--out", help="output folder (with --coco-*)")
-    sp.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    sp.add_argument("--resume", action="store_true", help="continue from the last checkpoint (only one made "
+                    "with the same settings and inputs)")
+    sp.add_argument("--force", action="store_true", help="with --resume: train from the start when the last "
+                    "checkpoint was made with other settings")
     common(sp)
     sp.set_defaults(func=cmd_train_detector)
 
@@ -178,12 +197,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--run", required=True, help="run folder")
     sp.set_defaults(func=cmd_report)
 
+    sp = sub.add_parser("weights", help="backbone weights files (the only command that downloads)")
+    wsub = sp.add_subparsers(dest="weights_command", required=True)
+    wp = wsub.add_parser("fetch", help="download torchvision's ImageNet weights of a backbone into the torch "
+                         "cache (hash checked), for detection.weights: imagenet")
+    wp.add_argument("backbone", choices=["resnet18", "resnet34", "resnet50"])
+    wp.set_defaults(func=cmd_weights_fetch)
+
     sp = sub.add_parser("run", help="run every stage in order (resumable)")
     sp.add_argument("--cohort", required=True)
     sp.add_argument("--out", required=True)
     sp.add_argument("--stages", help="comma-separated subset, e.g. preprocess,detection (default: all)")
     sp.add_argument("--force", action="append", metavar="STAGE", help="redo a stage whose artifacts were made "
-                    "with other settings (prediction, evaluation)")
+                    "with other settings (preprocess: the split; detection; prediction; evaluation); repeatable")
     common(sp, cohort=True)
     sp.set_defaults(func=cmd_run)
     return p

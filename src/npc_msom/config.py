@@ -92,15 +92,21 @@ class PreprocessConfig:
 @dataclass(frozen=True)
 class DetectionConfig:
     backbone: str = "resnet50"   # resnet18 | resnet34 | resnet50
-    weights: str | None = None   # local file with backbone or full-model weights
+    # None = from scratch; "imagenet" = torchvision's ImageNet file of the backbone from the local torch
+    # cache (as the study's MMDetection config; `npc-msom weights fetch resnet50` gets it where there is
+    # network); else a local file with backbone or full-model weights
+    weights: str | None = None
     epochs: int = 24
     batch_size: int = 4          # total over all processes (torchrun splits it)
     lr: float = 0.005            # MMDetection 0.02 for batch 16 -> 0.005 linear-scaled to 4; 2x
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    warmup_iters: int = 500
+    warmup_iters: int = 500      # in iterations (batches), not epochs, as MMDetection's warm-up
     warmup_ratio: float = 0.001  # MMDetection: linear warm-up from lr x 0.001
-    lr_steps: tuple[int, ...] = (16, 22)
+    # lr x lr_gamma at each step. A value in (0, 1) is a fraction of the schedule (of `epochs`), so the
+    # steps move with `epochs`; MMDetection's 2x steps at epochs 16 and 22 of 24. A whole number >= 1
+    # is an epoch, and must lie below `epochs` (else a ConfigError).
+    lr_steps: tuple[float, ...] = (16 / 24, 22 / 24)
     lr_gamma: float = 0.1
     rpn_nms: float = 0.7
     box_nms: float = 0.5

@@ -8,7 +8,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import os
+import tempfile
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from npc_msom.config import Config, dump_config
@@ -27,13 +30,43 @@ class RunResult:
 
 
 def start_run(config: Config, run_dir: str | Path) -> Path:
-    """Create the run folder with config.yaml, env.json and a log file."""
+    """Create the run folder with config.yaml, env.json and a log file.
+
+    ``config.yaml`` is this start's config; every start also keeps it as
+    ``config_history/<UTC time>.yaml``, never overwritten, so that a folder resumed under several
+    configs says which ones (each artifact records the settings it was made with).
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", dump_config(config))
+    text = dump_config(config)
+    write_text_atomic(run_dir / "config.yaml", text)
+    _keep_in_history(run_dir / "config_history", text)
     write_json_atomic(run_dir / "env.json", environment_record())
     setup_logging(log_file=run_dir / "log.txt")
     return run_dir
+
+
+def _keep_in_history(folder: Path, text: str) -> Path:
+    """Writes ``folder/<UTC time>.yaml`` atomically without ever replacing a file. Names sort in time
+    order (microseconds; a start in the same microsecond gets ``-1``, ``-2``, ...)."""
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%M%S.%fZ")
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{stamp}.", suffix=".tmp", dir=folder)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        for n in range(1000):
+            path = folder / f"{stamp}{'' if n == 0 else f'-{n}'}.yaml"
+            try:
+                os.link(tmp, path)  # the complete file under a new name, or FileExistsError: never a replace
+                return path
+            except FileExistsError:
+                continue
+        raise FileExistsError(f"{folder}: no free name for {stamp}")
+    finally:
+        tmp.unlink()
 
 
 def load_cohort_stage(config: Config, cohort_dir: str | Path, run_dir: Path, clinical: str | Path | None = None):
@@ -52,9 +85,9 @@ def load_cohort_stage(config: Config, cohort_dir: str | Path, run_dir: Path, cli
     return cohort
 
 
-def preprocess_stage(config: Config, cohort, run_dir: Path):
+def preprocess_stage(config: Config, cohort, run_dir: Path, force: bool = False):
     from npc_msom.preprocess import preprocess
-    return preprocess(config, cohort, run_dir / "preprocessed")
+    return preprocess(config, cohort, run_dir / "preprocessed", force=force)
 
 
 def table1_stage(cohort, split: dict, run_dir: Path) -> Path:
@@ -75,8 +108,10 @@ def table1_stage(cohort, split: dict, run_dir: Path) -> Path:
     return out
 
 
-def detection_stage(config: Config, run_dir: Path, sequences=None, resume: bool = True) -> dict:
-    """Train (or resume, or skip when complete) one detector per sequence, then Table 2 and Figure 2."""
+def detection_stage(config: Config, run_dir: Path, sequences=None, resume: bool = True, force: bool = False) -> dict:
+    """Train (or resume, or skip when complete) one detector per sequence, then Table 2 and Figure 2.
+
+    A detector made with other settings or inputs is refused (StaleArtifactError) unless ``force``."""
     from npc_msom.detection import figure2, table2_for_run, train_detector_for_run
     from npc_msom.runtime import resolve_device
     device = resolve_device(config.device)
@@ -84,10 +119,10 @@ def detection_stage(config: Config, run_dir: Path, sequences=None, resume: bool 
     if config.detection.shared:
         from npc_msom.detection.shared import train_shared_detector_for_run
         out = train_shared_detector_for_run(config, run_dir, sequences or config.preprocess.sequences,
-                                            resume=resume, device=device)
+                                            resume=resume, device=device, force=force)
     else:
         for seq in sequences or config.preprocess.sequences:
-            out[seq] = train_detector_for_run(config, run_dir, seq, resume=resume, device=device)
+            out[seq] = train_detector_for_run(config, run_dir, seq, resume=resume, device=device, force=force)
     table2_for_run(run_dir)
     figure2(run_dir, device=device)
     return out
@@ -122,6 +157,8 @@ def report_stage(run_dir: Path) -> Path:
 
 
 STAGES: tuple[str, ...] = ("preprocess", "detection", "prediction", "baselines", "evaluation", "report")
+# the stages that refuse artifacts made with other settings, and so take --force
+FORCEABLE: tuple[str, ...] = ("preprocess", "detection", "prediction", "evaluation")
 
 
 class StageClock:
@@ -152,12 +189,12 @@ def run(config: Config, cohort_dir: str | Path, run_dir: str | Path, *,
     done["cohort"] = {"patients": len(cohort.patient_ids)}
     if "preprocess" in stages:
         with clock("preprocess"):
-            res = preprocess_stage(config, cohort, run_dir)
+            res = preprocess_stage(config, cohort, run_dir, force="preprocess" in force)
             done["preprocess"] = {"images": res.n_images, "annotations": res.n_annotations}
             done["table1"] = str(table1_stage(cohort, res.split, run_dir))
     if "detection" in stages:
         with clock("detection"):
-            det = detection_stage(config, run_dir)
+            det = detection_stage(config, run_dir, force="detection" in force)
         done["detection"] = {seq: r if isinstance(r, dict) else getattr(r, "metrics", None) for seq, r in det.items()}
     if "prediction" in stages:
         with clock("prediction"):

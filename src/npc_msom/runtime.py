@@ -1,6 +1,7 @@
 """Device choice, seeding, environment record, atomic writes, logging and progress bars."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -107,6 +108,55 @@ def _json_default(o):
     if hasattr(o, "to_dict"):
         return o.to_dict()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# ---- settings digests: what an artifact was made with, and refusing to reuse it under others ----
+
+def settings_digest(obj) -> str:
+    """A short stable digest of plain data (sorted-key JSON): names a set of settings in one word."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def settings_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``["section.key: old -> new", ...]`` for every leaf that differs between two settings dicts."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += settings_differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def check_settings(old: dict | None, new: dict, *, where: str | Path, force: bool, how_to_force: str) -> bool:
+    """May an artifact made with ``old`` settings be reused (resumed, skipped) under ``new`` ones?
+
+    True when they are equal. When they differ: False under ``force`` (the caller redoes the work),
+    else :class:`~npc_msom.errors.StaleArtifactError` naming the differing settings (at most six)
+    and ``how_to_force`` (e.g. ``"--force detection"``). ``old`` None = an artifact of a version that
+    did not record its settings, which is never trusted silently.
+    """
+    from npc_msom.errors import StaleArtifactError  # noqa: PLC0415 - errors has no dependencies
+    if old == new:
+        return True
+    if force:
+        log.info("%s: made with other settings; redoing it (--force)", where)
+        return False
+    diff = (["no settings recorded (made by an older version)"] if old is None
+            else settings_differences(old, new))
+    more = f"; and {len(diff) - 6} more" if len(diff) > 6 else ""
+    raise StaleArtifactError(f"{where} was made with other settings ({'; '.join(diff[:6])}{more}); "
+                             f"rerun with {how_to_force} to redo it, or use another run folder")
 
 
 def progress(iterable: Iterable, **kwargs):

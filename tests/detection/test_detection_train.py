@@ -37,9 +37,11 @@ def test_loss_falls_over_two_epochs(trained_run):
 def test_run_writes_every_artifact(trained_run, det_run):
     out = det_run / "detection" / SEQ
     assert trained_run.out_dir == out
-    for name in ("checkpoint_last.pt", "checkpoint_best.pt", "history.jsonl", "metrics.json", "table2.csv",
-                 "figures/figure2.png"):
+    for name in ("checkpoint_last.pt", "history.jsonl", "metrics.json", "table2.csv", "figures/figure2.png"):
         assert (out / name).is_file(), name
+    # nothing chosen on the validation patients is written, so no later stage can start from it
+    assert not (out / "checkpoint_best.pt").exists()
+    assert not {"best_map50", "best_epoch"} & set(json.loads((out / "metrics.json").read_text()))
     val = json.loads((det_run / "preprocessed" / SEQ / "coco_val.json").read_text())
     split = json.loads((det_run / "preprocessed" / "split.json").read_text())
     m = json.loads((out / "metrics.json").read_text())
@@ -55,13 +57,12 @@ def test_run_writes_every_artifact(trained_run, det_run):
 
 
 def test_checkpoints_load_with_weights_only(trained_run):
-    for path in (trained_run.checkpoint_last, trained_run.checkpoint_best):
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        assert ckpt["meta"]["class_names"] == ["GTV", "GTVln"]
-        assert ckpt["meta"]["image_size"] == 96 and ckpt["meta"]["backbone"] == "resnet18"
-        assert ckpt["config"]["detection"]["backbone"] == "resnet18"  # the resolved config, a plain dict
-        assert ckpt["config"]["seed"] == 0
     last = torch.load(trained_run.checkpoint_last, map_location="cpu", weights_only=True)
+    assert last["meta"]["class_names"] == ["GTV", "GTVln"]
+    assert last["meta"]["image_size"] == 96 and last["meta"]["backbone"] == "resnet18"
+    assert last["config"]["detection"]["backbone"] == "resnet18"  # the resolved config, a plain dict
+    assert last["config"]["seed"] == 0
+    assert not {"best_map50", "best_epoch"} & set(last)
     assert last["epoch"] == 2 and {"optimizer", "scheduler", "model", "history"} <= set(last)
     model, meta = load_detector(trained_run.checkpoint_last)
     assert not model.training and meta["epoch"] == 2
@@ -110,6 +111,41 @@ def test_mmdetection_schedule():
     assert lr_factor(5, **kw) == pytest.approx(0.001 + 0.999 * 0.5)
     assert lr_factor(10, **kw) == 1.0 and lr_factor(159, **kw) == 1.0
     assert lr_factor(160, **kw) == pytest.approx(0.1) and lr_factor(220, **kw) == pytest.approx(0.01)
+
+
+def test_lr_steps_are_fractions_of_the_schedule_or_epochs_that_fit():
+    from npc_msom.config import load_config
+    from npc_msom.detection.train import lr_milestones
+    from npc_msom.errors import ConfigError
+    root = Path(__file__).resolve().parents[2] / "configs"
+    # the demo preset at 20 epochs: its steps move to 4/6 and 5/6 of the 20 (epochs 13.3 and 16.7),
+    # where epoch steps [4, 5] cut the lr 100x after epoch 5 of 20
+    demo = load_config(root / "demo.yaml", ["detection.epochs=20"]).detection
+    assert lr_milestones(demo.lr_steps, demo.epochs, 100) == [1333, 1667]
+    assert lr_milestones(load_config(root / "demo.yaml").detection.lr_steps, 6, 100) == [400, 500]
+    paper = load_config(root / "paper.yaml").detection
+    assert lr_milestones(paper.lr_steps, paper.epochs, 35) == [16 * 35, 22 * 35]  # MMDetection's 2x
+    assert lr_milestones((16, 22), 24, 10) == [160, 220]  # whole epochs that fit are still epochs
+    for steps, epochs in (((4, 5), 5), ((24,), 24), ((2.5,), 6), ((0.0,), 6), ((0.9, 0.5), 6)):
+        with pytest.raises(ConfigError, match="lr_steps"):
+            lr_milestones(steps, epochs, 10)
+
+
+def test_lr_milestones_seen_in_history(tiny_config, toy_run, tmp_path):
+    """4 epochs of 1 iteration with steps at 1/2 and 3/4 of the schedule: the lr recorded after
+    each epoch (the one the next iteration uses) is lr, lr/10 after epoch 2, lr/100 after epoch 3;
+    at 8 epochs the same fractions step after epochs 4 and 6."""
+    pre = toy_run / "preprocessed" / SEQ
+    no_val = json.loads((pre / "coco_val.json").read_text()) | {"images": [], "annotations": []}
+    (tmp_path / "no_val.json").write_text(json.dumps(no_val))  # the lr is all this test needs
+    paths = dict(images_dir=pre, coco_train=pre / "coco_train.json", coco_val=tmp_path / "no_val.json")
+    for epochs, drops in ((4, (2, 3)), (8, (4, 6))):
+        cfg = tiny_config(epochs=epochs, lr_steps=(0.5, 0.75), warmup_iters=0, max_train_images=2, batch_size=2,
+                          eval_every=0, lr=0.01, deterministic=False)
+        result = train_detector(cfg, out_dir=tmp_path / f"e{epochs}", **paths)
+        lrs = [h["lr"] for h in _history(result)]
+        expect = [0.01 * 0.1 ** sum(e >= d for d in drops) for e in range(1, epochs + 1)]
+        assert lrs == pytest.approx(expect, rel=1e-9), (epochs, lrs)
 
 
 def test_resume_after_a_kill_equals_uninterrupted(trained_run, tiny_config, det_run, tmp_path, monkeypatch):

@@ -19,8 +19,13 @@ Where we differ from MMDetection's Mask R-CNN R50-FPN 2x (and why):
   instead, so they cover the same share of the slice. ``input_scale`` = 1.5625 reproduces
   MMDetection's 512 -> 800 px resize at 2.4x the compute.
 - Backbone weights: none by default (nothing is downloaded), so the backbone is trained from
-  scratch with BatchNorm in training mode and every stage trainable. With a local weights file the
-  MMDetection set-up applies: frozen BatchNorm statistics and the stem plus first stage frozen.
+  scratch with BatchNorm in training mode and every stage trainable. ``weights: imagenet`` (the
+  paper preset, as MMDetection's default) reads torchvision's ImageNet file from the local torch
+  cache, hash-checked (``detection.weights``; ``npc-msom weights fetch`` gets it); with it or any
+  local weights file the MMDetection set-up applies: frozen BatchNorm statistics and the stem plus
+  first stage frozen.
+- Grey input: conv1 convolves the one grey channel with its RGB kernel summed, where MMDetection
+  feeds three identical channels: the same output at a third of conv1's cost.
 - Mask logits layer initialised N(0, 0.001) (Detectron2's choice) instead of Kaiming: with a
   from-scratch backbone the Kaiming init gave a first mask loss of ~8 and training diverged.
 - Normalisation: one mean / std for the three identical grey channels, fitted to MR slices, not

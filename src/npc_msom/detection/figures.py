@@ -135,12 +135,12 @@ def _match_slice(coco: CocoSlices, patient_id, z_mm: float, tol_mm: float = 0.5)
 
 
 def figure2(run_dir: str | Path, out_path: str | Path | None = None, device="cpu", *,
-            checkpoint: str = "last", patient_id: str | None = None, z_mm: float | None = None,
+            patient_id: str | None = None, z_mm: float | None = None,
             score_threshold: float = 0.5, match_tol_mm: float = 1.5) -> Path | None:
     """The study's Figure 2 for a run: (A) ground truth in red on T2WI, (B-D) detections of each
     sequence's detector on T2WI, T1WI and CE-T1WI at the same patient and z.
 
-    Reads ``<run>/preprocessed/<seq>/coco_val.json`` and ``<run>/detection/<seq>/checkpoint_<checkpoint>.pt``;
+    Reads ``<run>/preprocessed/<seq>/coco_val.json`` and ``<run>/detection/<seq>/checkpoint_last.pt``;
     writes ``<run>/detection/figure2.png`` by default. The slice is the T2WI validation slice
     chosen by :func:`pick_figure_slice` unless ``patient_id`` and ``z_mm`` are given; slices of the
     other sequences are matched by patient and z (within ``match_tol_mm``; the sequences share a frame of
@@ -171,10 +171,8 @@ def figure2(run_dir: str | Path, out_path: str | Path | None = None, device="cpu
     panels = [_gt_panel(ref, index, f"ground truth, {ref_seq}")]
     class_names = ref.class_names
     for seq in FIGURE2_SEQUENCES:
-        ckpt = run_dir / "detection" / seq / f"checkpoint_{checkpoint}.pt"
-        if checkpoint == "last":
-            from npc_msom.detection.shared import detector_checkpoint  # noqa: PLC0415
-            ckpt = detector_checkpoint(run_dir, seq)
+        from npc_msom.detection.shared import detector_checkpoint  # noqa: PLC0415
+        ckpt = detector_checkpoint(run_dir, seq)
         coco = cocos.get(seq)
         i = None if coco is None else (index if seq == ref_seq else _match_slice(coco, pid, z, match_tol_mm))
         if coco is None or i is None or not ckpt.is_file():

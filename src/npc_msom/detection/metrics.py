@@ -129,6 +129,8 @@ def coco_metrics(images: Sequence[Mapping], gt_annotations: Sequence[Mapping],
 
 TABLE2_COLUMNS = ("sequence", "GTV AP@0.5", "GTVln AP@0.5", "mAP@0.5", "mAP@[.5:.95]", "mask mAP@0.5",
                   "validation slices")
+# provenance: the digest of the settings and inputs each row's detector was trained with (train.py)
+TABLE2_COLUMNS += ("settings digest",)
 
 
 def _pct(v) -> str:
@@ -147,6 +149,7 @@ def table2_rows(metrics_by_sequence: Mapping[str, Mapping]) -> list[dict[str, st
         rows.append({"sequence": seq, "GTV AP@0.5": _pct(ap50.get("GTV")), "GTVln AP@0.5": _pct(ap50.get("GTVln")),
                      "mAP@0.5": _pct(m.get("map50")), "mAP@[.5:.95]": _pct(m.get("map50_95")),
                      "mask mAP@0.5": _pct(m.get("mask_map50")), "validation slices": str(m.get("n_images", ""))})
+        rows[-1]["settings digest"] = str(m.get("settings_digest") or "")
     return rows
 
 

@@ -76,15 +76,40 @@ def resolved_trainable_layers(config: DetectionConfig) -> int:
     return 3 if config.weights else 5
 
 
+class GreyConv2d(nn.Conv2d):
+    """A ResNet's RGB conv1 that also takes a grey (B, 1, H, W) input as three identical channels.
+
+    conv(x, x, x; W) = conv(x; W summed over its input channels), so the grey slice is convolved once
+    with the summed kernel instead of three times (a third of conv1's cost), with the same output
+    and the same gradients as the three-channel input. The parameter keeps its (C, 3, k, k) shape,
+    so ImageNet files, our checkpoints and stage 2 (which feeds three channels) load and run as before.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1 and self.in_channels == 3:
+            return self._conv_forward(x, self.weight.sum(dim=1, keepdim=True), self.bias)
+        return super().forward(x)
+
+
+def _grey_conv1(conv: nn.Conv2d) -> GreyConv2d:
+    grey = GreyConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                      padding=conv.padding, bias=conv.bias is not None)
+    grey.load_state_dict(conv.state_dict())
+    return grey
+
+
 class GrayscaleRCNNTransform(GeneralizedRCNNTransform):
     """torchvision's input transform for single-channel slices at their own size.
 
-    A (1, H, W) slice becomes three identical channels (the layout pretrained ResNets expect), and
-    a slice that already has the model's size is not passed through ``interpolate`` (which at
+    A (1, H, W) slice is normalised once and stays one channel (conv1 is a :class:`GreyConv2d`; the
+    three channels' mean and std are one value, so this equals normalising three identical channels),
+    and a slice that already has the model's size is not passed through ``interpolate`` (which at
     scale 1 only costs time).
     """
 
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        if image.shape[0] == 1 and len(set(self.image_mean)) == 1 and len(set(self.image_std)) == 1:
+            return (image - self.image_mean[0]) / self.image_std[0]
         if image.shape[0] == 1:
             image = image.expand(3, -1, -1)
         return super().normalize(image)
@@ -105,13 +130,15 @@ def build_model(config: DetectionConfig, num_classes: int = 3, image_size: int =
     ``image_size`` px; the network sees them at ``image_size x config.input_scale`` (default 1: no
     rescaling), and boxes and masks come back in the image's pixels. The model takes a
     list of (1, H, W) or (3, H, W) float tensors in 0..1. ``config.weights``, when set and
-    ``with_weights`` is true, is loaded from a local file (see :func:`load_weights`).
+    ``with_weights`` is true, is loaded from a local file (see :func:`load_weights`); ``imagenet``
+    is torchvision's ImageNet file of the backbone from the local torch cache (``weights.py``).
     """
     if config.backbone not in BACKBONES:
         raise ConfigError(f"detection.backbone: expected one of {sorted(BACKBONES)}, got {config.backbone!r}")
     norm = resolved_norm(config)
     norm_layer = FrozenBatchNorm2d if norm == "frozen" else nn.BatchNorm2d
     body = BACKBONES[config.backbone](weights=None, norm_layer=norm_layer)
+    body.conv1 = _grey_conv1(body.conv1)
     trainable = resolved_trainable_layers(config)
     layers_to_train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable]
     if trainable == 5:
@@ -164,7 +191,8 @@ def build_model(config: DetectionConfig, num_classes: int = 3, image_size: int =
     model.transform = GrayscaleRCNNTransform(net_size, net_size, [config.pixel_mean] * 3,
                                              [config.pixel_std] * 3)
     if config.weights and with_weights:
-        load_weights(model, config.weights)
+        from npc_msom.detection.weights import resolve_weights  # noqa: PLC0415
+        load_weights(model, resolve_weights(config.weights, config.backbone))
     return model
 
 
@@ -248,7 +276,7 @@ def load_detector(path: str | Path, device: torch.device | str = "cpu"):
     path = Path(path)
     if not path.is_file():
         raise InputError("detector checkpoint does not exist", file=path,
-                         expected="checkpoint_last.pt or checkpoint_best.pt of train_detector")
+                         expected="checkpoint_last.pt of train_detector")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
         raise InputError("not a detector checkpoint", file=path, expected="a dict with 'model' and 'meta'")

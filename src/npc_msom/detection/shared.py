@@ -76,7 +76,7 @@ def merge_coco(run_dir: Path, sequences, split: str) -> dict:
 
 
 def train_shared_detector_for_run(config: Config, run_dir: str | Path, sequences, *, resume: bool = True,
-                                  device=None) -> dict:
+                                  device=None, force: bool = False) -> dict:
     """Train ``detection/shared/`` on the training slices of ``sequences``, then evaluate it on each
     sequence's validation slices (``detection/<seq>/metrics.json``). Returns {seq: metrics}."""
     from npc_msom.detection.train import train_detector  # noqa: PLC0415
@@ -99,7 +99,7 @@ def train_shared_detector_for_run(config: Config, run_dir: str | Path, sequences
     log.info("shared detector: %d training slices of %s", len(train_doc["images"]), ", ".join(sequences))
     train_detector(config, images_dir=run_dir / "preprocessed", coco_train=out / "coco_train.json",
                    coco_val=out / "coco_val.json", out_dir=out, resume=resume, device=device,
-                   sequence="+".join(sequences))
+                   sequence="+".join(sequences), force=force)
     return {seq: evaluate_sequence(config, run_dir, seq, out / "checkpoint_last.pt", device)
             for seq in sequences}
 

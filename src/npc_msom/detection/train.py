@@ -31,9 +31,9 @@ from npc_msom.detection.figures import detections_figure
 from npc_msom.detection.infer import evaluate_detector
 from npc_msom.detection.metrics import write_table2
 from npc_msom.detection.model import amp_context, amp_dtype, build_model, model_meta
-from npc_msom.errors import InputError, TrainingError
-from npc_msom.runtime import (atomic_path, progress, resolve_device, seed_everything, worker_init_fn,
-                              write_json_atomic, write_text_atomic)
+from npc_msom.errors import ConfigError, InputError, TrainingError
+from npc_msom.runtime import (atomic_path, check_settings, file_digest, progress, resolve_device, seed_everything,
+                              settings_digest, worker_init_fn, write_json_atomic, write_text_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +43,18 @@ LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", 
 
 @dataclass(frozen=True)
 class DetectorResult:
-    """Where a training run put its artifacts, and its validation metrics (last epoch)."""
+    """Where a training run put its artifacts, and its validation metrics (last epoch).
+
+    ``checkpoint_last`` is the one checkpoint every later stage reads: no checkpoint is chosen by
+    validation AP, since the validation patients are the ones every later metric is reported on.
+    """
     out_dir: Path
     checkpoint_last: Path
-    checkpoint_best: Path
     history: Path
     metrics_path: Path
     table2: Path
     figure: Path | None
     metrics: dict
-    best_epoch: int
     epochs_run: int
 
     def to_dict(self) -> dict:
@@ -197,12 +199,69 @@ def make_train_loader(train_set: CocoSlices, config: Config, batch_size: int, wo
     return dataset, sampler, loader
 
 
+def lr_milestones(lr_steps, epochs: int, iters_per_epoch: int) -> list[int]:
+    """``detection.lr_steps`` -> the iterations at which the lr falls by lr_gamma.
+
+    A step in (0, 1) is a fraction of the ``epochs`` x ``iters_per_epoch`` schedule (rounded to an
+    iteration), so that ``--set detection.epochs=20`` moves the steps with it; a whole number >= 1
+    is an epoch and must lie below ``epochs``. Anything else raises ConfigError: a step past the
+    end would silently never happen, and epoch steps kept from a longer schedule would cut the lr
+    100x early.
+    """
+    out = []
+    for s in lr_steps:
+        s = float(s)
+        if 0.0 < s < 1.0:
+            out.append(int(round(s * epochs * iters_per_epoch)))
+        elif s >= 1.0 and s == int(s) and s < epochs:
+            out.append(int(s) * iters_per_epoch)
+        else:
+            raise ConfigError(f"detection.lr_steps: {s:g} does not fit a schedule of {epochs} epochs; give "
+                              f"fractions of the schedule in (0, 1) (MMDetection's 2x: [0.6667, 0.9167]) or "
+                              f"whole epochs from 1 to {epochs - 1}")
+    if out != sorted(out):
+        raise ConfigError(f"detection.lr_steps: {list(lr_steps)} must increase")
+    return out
+
+
 def make_scheduler(optimizer, det, iters_per_epoch: int):
-    """Per-iteration LambdaLR with MMDetection's warm-up and steps (lr_steps in epochs)."""
-    milestones = [s * iters_per_epoch for s in det.lr_steps]
+    """Per-iteration LambdaLR with MMDetection's warm-up (``warmup_iters`` iterations) and steps
+    (``lr_steps``: fractions of ``epochs``, or whole epochs; see :func:`lr_milestones`)."""
+    milestones = lr_milestones(det.lr_steps, det.epochs, iters_per_epoch)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(
         it, warmup_iters=det.warmup_iters, warmup_ratio=det.warmup_ratio, milestones=milestones,
         gamma=det.lr_gamma))
+
+
+# Settings that cannot change any output: DataLoader processes (every sample's augmentation is
+# seeded by (seed, epoch, index), not by the worker that draws it).
+NO_EFFECT = ("workers",)
+FORCE_HINT = "--force (npc-msom train-detector --force, or npc-msom run --force detection)"
+
+
+def detection_settings(config: Config, coco_train: str | Path, coco_val: str | Path, world_size: int) -> dict:
+    """Everything a trained detector and its metrics depend on, as plain values (sha256 for files).
+
+    Stored in ``checkpoint_last.pt`` and ``metrics.json`` (and its digest in Table 2); a run resumes or
+    is skipped only under equal settings (see :func:`npc_msom.runtime.check_settings`). The images
+    are covered through the COCO files that list them (names, sizes, annotations); their pixels are
+    not hashed.
+    """
+    det = {k: v for k, v in to_dict(config.detection).items() if k not in NO_EFFECT}
+    weights = _weights_file(config.detection)
+    return {"detection": det, "seed": config.seed, "world_size": int(world_size),
+            "coco_train": file_digest(coco_train), "coco_val": file_digest(coco_val),
+            "weights_sha256": file_digest(weights) if weights is not None else None}
+
+
+def _weights_file(det) -> Path | None:
+    """The initial weights file the config names (``imagenet``: the checked torch-cache file), when
+    it exists (else None: a missing file is reported by build_model, with what to do)."""
+    if not det.weights:
+        return None
+    from npc_msom.detection.weights import resolve_weights  # noqa: PLC0415
+    p = resolve_weights(det.weights, det.backbone)
+    return p if p.is_file() else None
 
 
 def _save(obj: dict, path: Path) -> None:
@@ -216,14 +275,16 @@ def _write_history(path: Path, history: list[dict]) -> None:
 
 def train_detector(config: Config, *, images_dir: str | Path, coco_train: str | Path, coco_val: str | Path,
                    out_dir: str | Path, resume: bool = False, device: torch.device | str | None = None,
-                   sequence: str | None = None) -> DetectorResult:
+                   sequence: str | None = None, force: bool = False) -> DetectorResult:
     """Trains Mask R-CNN on a COCO set of slices and evaluates it on another.
 
     images_dir: the folder that the files' ``file_name`` entries are relative to. Category names of
     the validation file are matched to the training file's. Writes to ``out_dir``:
-    checkpoint_last.pt (every epoch), checkpoint_best.pt (highest validation mAP@0.5),
-    history.jsonl, metrics.json (last epoch's validation AP), table2.csv, figures/figure2.png.
-    resume: continue from out_dir/checkpoint_last.pt when it exists.
+    checkpoint_last.pt (every epoch; the detector every later stage uses), history.jsonl,
+    metrics.json (last epoch's validation AP), table2.csv, figures/figure2.png.
+    resume: continue from out_dir/checkpoint_last.pt when it exists (or skip training when it is
+    complete), but only when it was made with the same settings (:func:`detection_settings`): other
+    settings raise StaleArtifactError naming them, unless ``force``, which trains from the start.
     Under torchrun (WORLD_SIZE > 1) trains with DistributedDataParallel; rank 0 writes the files.
     """
     det = config.detection
@@ -234,13 +295,14 @@ def train_detector(config: Config, *, images_dir: str | Path, coco_train: str | 
         device = torch.device("cuda", info.local_rank)
     try:
         return _train(config, det, Path(images_dir), Path(coco_train), Path(coco_val), out_dir, resume,
-                      device, info, sequence)
+                      device, info, sequence, force)
     finally:
         if info.initialised_here and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(config, det, images_dir, coco_train, coco_val, out_dir, resume, device, info, sequence):
+def _train(config, det, images_dir, coco_train, coco_val, out_dir, resume, device, info, sequence, force):
+    lr_milestones(det.lr_steps, det.epochs, 1)  # a step that does not fit fails before any work
     seed_everything(config.seed, deterministic=det.deterministic)
     train_set = read_coco(coco_train, images_dir)
     val_set = read_coco(coco_val, images_dir, class_names=train_set.class_names)
@@ -270,15 +332,21 @@ def _train(config, det, images_dir, coco_train, coco_val, out_dir, resume, devic
     use_amp = dtype is not None
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
-    last_path, best_path = out_dir / "checkpoint_last.pt", out_dir / "checkpoint_best.pt"
+    last_path = out_dir / "checkpoint_last.pt"
     history_path, metrics_path = out_dir / "history.jsonl", out_dir / "metrics.json"
     table2_path, figure_path = out_dir / "table2.csv", out_dir / "figures" / "figure2.png"
-    start_epoch, history, best_map, best_epoch, last_metrics = 0, [], -1.0, 0, None
+    start_epoch, history, last_metrics = 0, [], None
+    settings = detection_settings(config, coco_train, coco_val, info.world_size)
+    ckpt = None
     if resume and last_path.is_file():
         ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "optimizer" not in ckpt:
             raise TrainingError(f"cannot resume from {last_path}: not a checkpoint_last.pt of this version "
                                 f"({CHECKPOINT_FORMAT}); move it away to train from the start")
+        if not check_settings(ckpt.get("settings"), settings, where=last_path, force=force,
+                              how_to_force=FORCE_HINT):
+            ckpt = None  # --force: other settings, so train from the start
+    if ckpt is not None:
         for key in ("backbone", "class_names", "image_size", "norm", "fpn_channels"):
             if ckpt["meta"][key] != meta[key]:
                 raise TrainingError(f"cannot resume from {last_path}: it has {key}={ckpt['meta'][key]!r}, "
@@ -290,10 +358,9 @@ def _train(config, det, images_dir, coco_train, coco_val, out_dir, resume, devic
             scaler.load_state_dict(ckpt["scaler"])
         start_epoch = int(ckpt["epoch"])
         history = list(ckpt.get("history", []))
-        best_map, best_epoch = float(ckpt.get("best_map50", -1.0)), int(ckpt.get("best_epoch", 0))
         last_metrics = ckpt.get("metrics")
         log.info("resuming %s from epoch %d of %d", out_dir, start_epoch, det.epochs)
-    elif resume:
+    elif resume and not last_path.is_file():
         log.info("no %s: training from the start", last_path)
 
     ddp_model = model
@@ -338,15 +405,9 @@ def _train(config, det, images_dir, coco_train, coco_val, out_dir, resume, devic
             log.info("epoch %d/%d: loss %.4f, %.1f images/s%s", epoch + 1, det.epochs, record["loss"],
                      record["images_per_s"],
                      "" if metrics is None else f", val mAP@0.5 {metrics.map50}")
-            improved = metrics is not None and (metrics.map50 or 0.0) > best_map
-            if improved or (not len(val_set) and is_last):
-                best_map = float(metrics.map50 or 0.0) if metrics is not None else best_map
-                best_epoch = epoch + 1
             ckpt = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "epoch": epoch + 1,
                     "config": config_dict, "meta": {**meta, "sequence": sequence}, "history": history,
-                    "best_map50": best_map, "best_epoch": best_epoch, "metrics": last_metrics}
-            if improved or (not len(val_set) and is_last):
-                _save({**ckpt, "metrics": metrics.to_dict() if metrics is not None else None}, best_path)
+                    "metrics": last_metrics, "settings": settings}
             _save({**ckpt, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                    "scaler": scaler.state_dict() if scaler.is_enabled() else {}}, last_path)
             _write_history(history_path, history)
@@ -357,8 +418,8 @@ def _train(config, det, images_dir, coco_train, coco_val, out_dir, resume, devic
     if info.is_main:
         train_speed = [h["images_per_s"] for h in history]
         summary = {**(last_metrics or {}), "sequence": sequence, "evaluated_checkpoint": "last",
-                   "epochs": det.epochs, "best_epoch": best_epoch,
-                   "best_map50": best_map if best_map >= 0 else None, "image_size": image_size,
+                   "epochs": det.epochs, "image_size": image_size, "settings": settings,
+                   "settings_digest": settings_digest(settings),
                    "backbone": det.backbone, "n_train_images": len(train_set), "n_val_images": len(val_set),
                    "n_train_patients": len(train_set.patients()), "n_val_patients": len(val_set.patients()),
                    "device": str(device), "world_size": info.world_size,
@@ -373,13 +434,13 @@ def _train(config, det, images_dir, coco_train, coco_val, out_dir, resume, devic
         summary = {}
     if info.enabled:
         dist.barrier()
-    return DetectorResult(out_dir=out_dir, checkpoint_last=last_path, checkpoint_best=best_path,
-                          history=history_path, metrics_path=metrics_path, table2=table2_path, figure=figure,
-                          metrics=summary, best_epoch=best_epoch, epochs_run=max(0, det.epochs - start_epoch))
+    return DetectorResult(out_dir=out_dir, checkpoint_last=last_path, history=history_path,
+                          metrics_path=metrics_path, table2=table2_path, figure=figure, metrics=summary,
+                          epochs_run=max(0, det.epochs - start_epoch))
 
 
 def train_detector_for_run(config: Config, run_dir: str | Path, sequence: str, *, resume: bool = False,
-                           device: torch.device | str | None = None) -> DetectorResult:
+                           device: torch.device | str | None = None, force: bool = False) -> DetectorResult:
     """:func:`train_detector` on a run folder: reads ``<run>/preprocessed/<sequence>/`` and writes
     ``<run>/detection/<sequence>/``."""
     run_dir = Path(run_dir)
@@ -390,7 +451,7 @@ def train_detector_for_run(config: Config, run_dir: str | Path, sequence: str, *
                              expected=f"preprocessed slices of {sequence} under {pre}")
     return train_detector(config, images_dir=pre, coco_train=pre / "coco_train.json",
                           coco_val=pre / "coco_val.json", out_dir=run_dir / "detection" / sequence,
-                          resume=resume, device=device, sequence=sequence)
+                          resume=resume, device=device, sequence=sequence, force=force)
 
 
 def table2_for_run(run_dir: str | Path, out_path: str | Path | None = None) -> Path | None:

@@ -13,7 +13,6 @@ and a fresh network, which otherwise makes the head's learning rate depend on th
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from torch import nn
 
 from npc_msom.config import DetectionConfig, from_dict, to_dict
 from npc_msom.errors import ConfigError, InputError
+from npc_msom.runtime import file_digest  # noqa: F401 - re-exported; the one sha256 of a file (runtime)
 
 log = logging.getLogger(__name__)
 
@@ -150,14 +150,6 @@ def detector_config_from_checkpoint(ckpt: dict) -> DetectionConfig:
     det.update(weights=None, norm=meta["norm"], trainable_layers=meta["trainable_layers"],
                fpn_channels=meta["fpn_channels"], anchor_sizes=meta["anchor_sizes"])
     return from_dict(DetectionConfig, det, "checkpoint.config.detection")
-
-
-def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_detector_checkpoint(path: str | Path) -> dict:

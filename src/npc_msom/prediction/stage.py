@@ -13,7 +13,6 @@ unless ``force`` (``--force``) asks to redo it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -25,7 +24,7 @@ import pandas as pd
 import torch
 
 from npc_msom.config import Config, PredictionConfig, to_dict
-from npc_msom.errors import ConfigError, InputError, StaleArtifactError
+from npc_msom.errors import ConfigError, InputError
 from npc_msom.prediction.clinical import ClinicalEncoder
 from npc_msom.prediction.features import cached_features
 from npc_msom.prediction.model import (MSOMClassifier, classifier_meta, detector_config_from_checkpoint,
@@ -34,6 +33,7 @@ from npc_msom.prediction.scores import model_metrics, patient_table, write_score
 from npc_msom.prediction.train import (finetune_all, head_probabilities, slice_probabilities, slice_weights,
                                        train_head)
 from npc_msom.runtime import resolve_device, seed_everything, write_text_atomic
+from npc_msom.runtime import check_settings, settings_digest as _digest  # shared with stage 1
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +92,6 @@ def labels_of(clinical: pd.DataFrame, ids) -> np.ndarray:
     return clinical.loc[list(ids), "msom"].to_numpy(dtype=int)
 
 
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def detector_checkpoint(run_dir: Path, sequence: str) -> Path:
     from npc_msom.detection.shared import detector_checkpoint as _path  # noqa: PLC0415
     return _path(run_dir, sequence)
@@ -122,26 +118,8 @@ def check_stale(out_dir: Path, settings: dict, force: bool) -> bool:
     m = out_dir / "metrics.json"
     if not m.is_file() or not (out_dir / "patient_scores.csv").is_file():
         return False
-    old = json.loads(m.read_text()).get("settings")
-    if old == settings:
-        return True
-    if force:
-        log.info("%s: made with other settings; redoing it (--force)", out_dir)
-        return False
-    diff = _differences(old or {}, settings)
-    raise StaleArtifactError(f"{out_dir} was made with other settings ({'; '.join(diff[:6])}); "
-                             f"rerun with --force prediction to redo it, or use another run folder")
-
-
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
-    return out
+    return check_settings(json.loads(m.read_text()).get("settings"), settings, where=out_dir, force=force,
+                          how_to_force="--force prediction")
 
 
 # ---- slice selection and aggregation -------------------------------------------------------------

@@ -11,6 +11,18 @@ from npc_msom.errors import InputError
 log = logging.getLogger(__name__)
 
 
+def split_settings(patient_ids: list[str], labels: list[int], *, val_fraction: float, folds: int, repeats: int,
+                   seed: int) -> dict:
+    """Everything a split depends on, stored in ``split.json`` and compared before it is reused:
+    the fraction, folds and repeats (repeats only matter with folds > 1), the seed, and the patients
+    with their outcomes (the split is stratified by them), as a count and a digest."""
+    from npc_msom.runtime import settings_digest  # noqa: PLC0415
+    pairs = sorted(zip(map(str, patient_ids), map(int, labels)))
+    return {"val_fraction": float(val_fraction), "folds": int(folds),
+            "repeats": int(repeats) if folds > 1 else None, "seed": int(seed), "n_patients": len(pairs),
+            "patients": settings_digest([p for p, _ in pairs]), "labels": settings_digest(pairs)}
+
+
 def train_val_split(patient_ids: list[str], labels: list[int], val_fraction: float, seed: int) -> dict:
     """{"train": [...], "val": [...]} with the outcome's proportion kept in both (when possible).
 

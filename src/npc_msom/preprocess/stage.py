@@ -32,8 +32,8 @@ from npc_msom.preprocess.coco import coco_document, instance_annotation
 from npc_msom.preprocess.intensity import apply_window, body_mask, intensity_window
 from npc_msom.preprocess.resample import isotropic_reference, native_plane_of, resample_mask, resample_planes
 from npc_msom.preprocess.slices import pad_to_square, resize_image, resize_instances, select_slices
-from npc_msom.preprocess.split import repeated_kfold, train_val_split
-from npc_msom.runtime import atomic_path, progress, write_json_atomic, write_text_atomic
+from npc_msom.preprocess.split import repeated_kfold, split_settings, train_val_split
+from npc_msom.runtime import atomic_path, check_settings, progress, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +179,12 @@ def make_split(config: Config, ids: list[str], labels: list[int]) -> dict:
     return split
 
 
-def preprocess(config: Config, cohort, out_dir: str | Path) -> PreprocessResult:
-    """Run the preprocessing stage over ``cohort`` (an ``npc_msom.cohort.Cohort``)."""
+def preprocess(config: Config, cohort, out_dir: str | Path, *, force: bool = False) -> PreprocessResult:
+    """Run the preprocessing stage over ``cohort`` (an ``npc_msom.cohort.Cohort``).
+
+    An existing ``split.json`` is reused only when made with the same split settings and patients
+    (:func:`~npc_msom.preprocess.split.split_settings`); otherwise StaleArtifactError names what
+    changed, unless ``force`` (``--force preprocess``) makes a new split."""
     out_dir = Path(out_dir)
     cfg = config.preprocess
     ids = list(cohort.patient_ids)
@@ -188,13 +192,20 @@ def preprocess(config: Config, cohort, out_dir: str | Path) -> PreprocessResult:
         raise InputError("the cohort has no usable patient", expected="at least one patient with images")
     labels = _labels(cohort, ids)
     split_path = out_dir / "split.json"
+    settings = split_settings(ids, labels, val_fraction=cfg.val_fraction, folds=cfg.folds, repeats=cfg.repeats,
+                              seed=config.seed)
     split = None
     if split_path.is_file():
         old = json.loads(split_path.read_text())
-        if sorted(old["train"] + old["val"]) == sorted(ids) and old.get("seed") == config.seed:
+        if "settings" not in old and _same_split(old, make_split(config, ids, labels)):
+            old["settings"] = settings  # an older version's split that these settings reproduce exactly
+            write_json_atomic(split_path, old)
+        if check_settings(old.get("settings"), settings, where=split_path, force=force,
+                          how_to_force="--force preprocess (npc-msom preprocess --force, or npc-msom run --force "
+                                       "preprocess); every later stage then redoes its work"):
             split = old
     if split is None:
-        split = make_split(config, ids, labels)
+        split = {**make_split(config, ids, labels), "settings": settings}
         write_json_atomic(split_path, split)
 
     key = settings_key(cfg, config.seed)
@@ -233,6 +244,10 @@ def preprocess(config: Config, cohort, out_dir: str | Path) -> PreprocessResult:
     result = PreprocessResult(out_dir, split, n_images, n_anns, skipped)
     write_json_atomic(out_dir / "summary.json", result.to_dict())
     return result
+
+
+def _same_split(a: dict, b: dict) -> bool:
+    return all(a.get(k) == b.get(k) for k in ("train", "val", "folds"))
 
 
 def _assemble(seq_dir: Path, ids: list[str], split: dict) -> tuple[int, int]:
