@@ -126,9 +126,38 @@ def cmd_run(args) -> int:
     res = pipeline.run(_config(args), args.cohort, args.out, clinical=args.clinical, stages=stages,
                        force=tuple(args.force or ()))
     print(f"run finished: {res.run_dir}")
-    for stage, info in res.stages.items():
-        print(f"  {stage}: {info}")
+    print(_headline(Path(res.run_dir), res.stages))
     return 0
+
+
+def _headline(run_dir: Path, stages: dict) -> str:
+    """The report's path and the numbers a reader looks for first (from ``metrics.json``)."""
+    import json
+    lines = []
+    secs = stages.get("seconds") or {}
+    if secs:
+        lines.append("  seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in secs.items())
+                     + f" (total {sum(secs.values()):.0f})")
+    m_path = run_dir / "metrics.json"
+    if m_path.is_file():
+        m = json.loads(m_path.read_text())
+        for seq, ap in (m.get("detection_ap50") or {}).items():
+            if isinstance(ap, dict):
+                lines.append(f"  detection {seq}: GTV AP@0.5 {ap.get('GTV_ap50')}, GTVln AP@0.5 {ap.get('GTVln_ap50')}")
+        models = {k: v for k, v in (m.get("models_validation_auc") or {}).items() if v.get("auc") is not None}
+        stage2 = {k: v for k, v in models.items() if v.get("group") != "comparison"} or models
+        if stage2:
+            k, v = max(stage2.items(), key=lambda kv: kv[1]["auc"])
+            ci = f" ({v['ci_low']:.3f}-{v['ci_high']:.3f})" if v.get("ci_low") is not None else ""
+            oracle = f"; oracle {v['oracle_auc']:.3f}" if v.get("oracle_auc") is not None else ""
+            lines.append(f"  best MSOM model on the validation patients: {k}, AUC {v['auc']:.3f}{ci}{oracle}")
+        for endpoint, r in ((m.get("survival") or {}).get("validation") or {}).items():
+            if r.get("p_value") is not None:
+                lines.append(f"  {m.get('survival_model')} risk groups, {endpoint}: log-rank p {r['p_value']:.3g} "
+                             f"(validation patients, training cut-off)")
+    report = run_dir / "report.html"
+    lines.append(f"  report: {report}" if report.is_file() else "  no report yet (run the report stage)")
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
