@@ -346,7 +346,7 @@ def predict_sequence(run: RunModels, seq: str, series: Series, volume, models: d
     else:
         pick = select_tumour_slices([light[z] for z in candidates], volume.z_mm[candidates],
                                     score_threshold=pc.detector_threshold, labels=gtv)
-        scored = [candidates[i] for i in pick]
+        scored = sorted(candidates[i] for i in pick)   # slice order, as stage 2's table
     images = [volume.images[z].astype(np.float32) / 255.0 for z in scored]   # as detection.data.load_slice
     ids = np.array([patient_id] * len(scored))
     probabilities, scores = {}, {}

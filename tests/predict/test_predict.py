@@ -28,6 +28,8 @@ def stub_detect(model, slices, device="cpu", score_threshold=0.05, **kw):
     out = []
     for s in slices:
         a = np.asarray(s, dtype=np.float32)
+        if np.asarray(s).dtype != np.uint8:    # stage 2 passes 0..1 floats, predict uint8 (as detect takes both)
+            a = a * 255.0
         h, w = a.shape[-2:]
         yy, xx = np.mgrid[:h, :w]
         if a.mean() < 40:
@@ -47,6 +49,15 @@ def stub_detect(model, slices, device="cpu", score_threshold=0.05, **kw):
 def stub_detector(monkeypatch):
     import npc_msom.detection
     monkeypatch.setattr(npc_msom.detection, "detect", stub_detect)
+
+
+@pytest.fixture(scope="module")
+def auto_pred(trained_run, new_patient_without_contours):
+    """The new patient without contours, predicted once (stub detector) for the tests that read it."""
+    import npc_msom.detection
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(npc_msom.detection, "detect", stub_detect)
+        yield predict(trained_run, new_patient_without_contours, device="cpu")
 
 
 def _dice(a, b):
@@ -103,15 +114,14 @@ def test_run_patient_with_contours_equals_stage2(trained_run, synth_cohort_dir, 
     assert not list(tmp_path.glob(".out*"))     # no temporary folder left behind
 
 
-def test_new_patient_without_contours_is_scored_automatically(trained_run, new_patient_without_contours,
-                                                              stub_detector, tmp_path):
+def test_new_patient_without_contours_is_scored_automatically(trained_run, auto_pred, tmp_path):
     """No RTSTRUCT: the detector chooses the slices (select_tumour_slices over the whole volume), and
     their scores equal stage 2's own path (cached pooled features -> head) on those slices as files."""
     from npc_msom.detection import select_tumour_slices
     from npc_msom.predict import load_stage_model, read_run
     from npc_msom.prediction.features import pooled_features
     from npc_msom.prediction.train import head_probabilities
-    pred = predict(trained_run, new_patient_without_contours, device="cpu")
+    pred = auto_pred
     run = read_run(trained_run)
     for seq, sp in pred.sequences.items():
         assert sp.slice_rule == "automatic"
@@ -119,7 +129,7 @@ def test_new_patient_without_contours_is_scored_automatically(trained_run, new_p
         dets = stub_detect(None, [sp.volume.images[z] for z in sp.searched])
         expect = [sp.searched[i] for i in select_tumour_slices(dets, sp.volume.z_mm[sp.searched],
                                                                 score_threshold=0.5, labels=[1])]
-        assert sp.scored == expect and len(expect) > 3
+        assert sp.scored == sorted(expect) and len(expect) > 3
         paths = []
         for z in sp.scored:
             paths.append(tmp_path / f"{seq}_{z}.png")
@@ -132,6 +142,34 @@ def test_new_patient_without_contours_is_scored_automatically(trained_run, new_p
     assert pred.combined["from"] == "mri"
     assert pred.combined["score"] == pytest.approx(np.mean([pred.sequences[s].scores["mri"]["score"]
                                                             for s in ("T1WI", "T2WI")]))
+
+
+def test_detector_slice_rule_equals_stage2(trained_run, run_config, synth_cohort_dir, stub_detector, tmp_path):
+    """A run whose stage 2 scored the slices its detector picked (prediction.slices: detector): a patient
+    of the run with contours gets the same slices (the stage's negatives included) and scores."""
+    import dataclasses
+
+    from npc_msom.config import dump_config
+    from npc_msom.prediction import train_predictor_for_run
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("prediction"))
+    cfg = dataclasses.replace(run_config, prediction=dataclasses.replace(run_config.prediction, slices="detector"))
+    (run / "config.yaml").write_text(dump_config(cfg))
+    train_predictor_for_run(cfg, run, "T1WI", "mri", device="cpu")
+    pid = sorted(json.loads((run / "preprocessed" / "split.json").read_text())["val"])[-1]
+    pred = predict(run, synth_cohort_dir / "dicom" / pid, device="cpu")
+    sp = pred.sequences["T1WI"]
+    assert sp.slice_rule == "detector" and set(pred.untrained) == {"T2WI", "CE-T1WI"}
+    ss = pd.read_csv(run / "prediction" / "T1WI" / "mri" / "slice_scores.csv", dtype={"patient_id": str})
+    ss = ss[ss["patient_id"] == pid]
+    slices = pd.read_csv(run / "preprocessed" / "T1WI" / "slices.csv", dtype={"patient_id": str})
+    assert slices[slices["patient_id"] == pid]["negative"].astype(bool).any()   # negatives to choose from
+    assert np.allclose(sp.volume.z_mm[sp.scored], ss["z_mm"], atol=1e-3)
+    assert np.allclose(sp.probabilities["mri"], ss["probability"], atol=1e-5)
+    row = read_scores(run / "prediction" / "T1WI" / "mri" / "patient_scores.csv").set_index("patient_id").loc[pid]
+    assert sp.scores["mri"]["score"] == pytest.approx(row["score"], abs=1e-5)
+    assert sp.scores["mri"]["risk_group"] == row["risk_group"]
+    assert pred.combined is None      # one sequence: nothing to combine
 
 
 def _dciodvfy_errors(path) -> list[str]:
@@ -256,11 +294,11 @@ def test_run_without_trained_models(trained_run, new_cohort, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_failure_while_writing_leaves_the_previous_output(trained_run, new_patient_without_contours,
-                                                          stub_detector, tmp_path, monkeypatch):
-    """An error while writing removes the temporary folder and keeps an existing --out as it was."""
+def test_failure_while_writing_leaves_the_previous_output(auto_pred, tmp_path, monkeypatch):
+    """An error while writing removes the temporary folder and keeps an existing --out as it was;
+    a second, complete write replaces it."""
     import npc_msom.predict as P
-    pred = predict(trained_run, new_patient_without_contours, device="cpu")
+    pred = auto_pred
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("previous")
@@ -272,3 +310,7 @@ def test_failure_while_writing_leaves_the_previous_output(trained_run, new_patie
         write_prediction(pred, out)
     assert (out / "old.txt").read_text() == "previous"
     assert not list(tmp_path.glob(".out*"))
+    monkeypatch.undo()
+    summary = write_prediction(pred, out)
+    assert not (out / "old.txt").exists() and json.loads((out / "summary.json").read_text()) == summary
+    assert (out / "T1WI" / "RTSTRUCT_pred.dcm").is_file() and not list(tmp_path.glob(".out*"))

@@ -27,6 +27,9 @@ from npc_msom.cohort.model import Geometry
 
 log = logging.getLogger(__name__)
 
+__all__ = ["WrittenSeries", "contours_to_mask", "index_to_lps", "lps_to_index", "make_uid", "mask_to_contours",
+           "slice_positions_mm", "write_mr_series", "write_rtstruct"]
+
 
 def _to_stored(image: np.ndarray) -> tuple[np.ndarray, float, float, int]:
     """Stored pixel values, RescaleSlope, RescaleIntercept and PixelRepresentation.
