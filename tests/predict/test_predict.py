@@ -55,9 +55,9 @@ def stub_detector(monkeypatch):
 def auto_pred(trained_run, new_patient_without_contours):
     """The new patient without contours, predicted once (stub detector) for the tests that read it."""
     import npc_msom.detection
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp:   # undone before the next test (one runs the real detector)
         mp.setattr(npc_msom.detection, "detect", stub_detect)
-        yield predict(trained_run, new_patient_without_contours, device="cpu")
+        return predict(trained_run, new_patient_without_contours, device="cpu")
 
 
 def _dice(a, b):
@@ -247,6 +247,7 @@ def test_nifti_patient_real_detector_and_missing_sequence(trained_run, new_cohor
     assert set(np.unique(arr)) <= {0, 1, 2}
     det = pd.read_csv(out / "T1WI" / "detections.csv")
     assert len(det) > 0 and det["score"].min() >= 0
+    assert not set(np.round(det["score"], 3)) <= {0.9, 0.7}    # the real detector ran, not the tests' stub
     assert summary["sequences"]["T1WI"]["detections"]["GTV"]["n_detections"] == int((det["structure"] == "GTV").sum())
 
 
