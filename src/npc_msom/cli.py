@@ -160,6 +160,24 @@ def _headline(run_dir: Path, stages: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_predict(args) -> int:
+    from npc_msom.predict import predict_patient
+    s = predict_patient(args.run, args.patient, args.out, clinical=args.clinical,
+                        score_threshold=args.score_threshold, device=args.device)
+    for seq, info in s["sequences"].items():
+        risk = ", ".join(f"{m} {v['score']:.3f} ({v['risk_group']}, cut-off {v['cutoff']:.3f})"
+                         for m, v in info["models"].items())
+        print(f"{s['patient_id']} {seq}: {info['slice_rule']} slices ({info['n_slices_scored']}): {risk}")
+    c = s["combined"]
+    if c:
+        print(f"{s['patient_id']} combined ({c['from']}, {'+'.join(c['sequences'])}): {c['score']:.3f} "
+              f"({c['risk_group']}, cut-off {c['cutoff']:.3f})")
+    if s["missing_sequences"]:
+        print(f"missing sequence(s): {', '.join(s['missing_sequences'])}")
+    print(f"written to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="npc-msom", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -232,6 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
                          "cache (hash checked), for detection.weights: imagenet")
     wp.add_argument("backbone", choices=["resnet18", "resnet34", "resnet50"])
     wp.set_defaults(func=cmd_weights_fetch)
+
+
+    sp = sub.add_parser("predict", help="score one new patient with a trained run: detections, MSOM risk, "
+                        "overlays, predicted contours as RTSTRUCT (DICOM) or NIfTI")
+    sp.add_argument("--run", required=True, help="trained run folder (config.yaml, detection/, prediction/)")
+    sp.add_argument("--patient", required=True, help="the patient's folder: DICOM MR series (+ RTSTRUCT) or NIfTI")
+    sp.add_argument("--clinical", help="clinical table (CSV/XLSX) with the patient's row: adds the fusion models")
+    sp.add_argument("--out", required=True, help="output folder (written complete or not at all)")
+    sp.add_argument("--score-threshold", type=float, help="detections kept in the masks (default: the run's "
+                    "prediction.detector_threshold)")
+    sp.add_argument("--device", help="cpu, cuda, ... (default: the run's device setting)")
+    sp.set_defaults(func=cmd_predict)
 
     sp = sub.add_parser("run", help="run every stage in order (resumable)")
     sp.add_argument("--cohort", required=True)

@@ -245,13 +245,16 @@ def finetune_all(model: MSOMClassifier, paths: Sequence[Path], labels: np.ndarra
 
 
 @torch.inference_mode()
-def slice_probabilities(model: MSOMClassifier, paths: Sequence[Path], device: torch.device,
+def slice_probabilities(model: MSOMClassifier, paths: Sequence[Path | np.ndarray], device: torch.device,
                         clinical: np.ndarray | None = None, batch_size: int = 32) -> np.ndarray:
-    """(N,) probabilities of the full network on the slices at ``paths`` (no augmentation)."""
+    """(N,) probabilities of the full network on the slices at ``paths`` (no augmentation).
+
+    paths: slice files, or slices already in memory as (H, W) float 0..1 arrays (``predict``)."""
     model.eval()
     out = []
     for s in range(0, len(paths), batch_size):
-        batch = torch.from_numpy(np.stack([load_slice(p) for p in paths[s:s + batch_size]]))[:, None].to(device)
+        batch = torch.from_numpy(np.stack([load_slice(p) if isinstance(p, (str, Path)) else np.asarray(p, np.float32)
+                                           for p in paths[s:s + batch_size]]))[:, None].to(device)
         c = None if clinical is None else torch.from_numpy(np.asarray(clinical[s:s + batch_size], np.float32)).to(device)
         out.append(torch.sigmoid(model(batch, c)).double().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)

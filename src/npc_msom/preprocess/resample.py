@@ -39,10 +39,11 @@ def resample_mask(mask: np.ndarray, series: Series, reference: sitk.Image) -> np
         return np.zeros(out_shape, dtype=bool)
     sp = series.geometry.spacing_mm
     # work on the bounding box with a margin so the distance maps stay small
-    zz, yy, xx = np.nonzero(mask)
+    # bounding box from the projections on each axis (cheaper than np.nonzero of the volume)
+    ext = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
     margin = 3
-    lo = np.maximum([zz.min() - margin, yy.min() - margin, xx.min() - margin], 0)
-    hi = np.minimum([zz.max() + margin + 1, yy.max() + margin + 1, xx.max() + margin + 1], mask.shape)
+    lo = np.maximum([e[0] - margin for e in ext], 0)
+    hi = np.minimum([e[-1] + margin + 1 for e in ext], mask.shape)
     crop = mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     img = sitk.GetImageFromArray(crop.astype(np.float32))
     img.SetSpacing(sp)
