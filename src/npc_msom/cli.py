@@ -47,8 +47,11 @@ def cmd_preprocess(args) -> int:
 
 
 def cmd_train_detector(args) -> int:
+    import dataclasses
     from npc_msom import detection
     config = _config(args)
+    if args.sync_bn:
+        config = dataclasses.replace(config, detection=dataclasses.replace(config.detection, sync_bn=True))
     if args.coco_train:
         if not (args.coco_images and args.coco_val and args.out):
             raise NpcMsomError("--coco-train needs --coco-images, --coco-val and --out")
@@ -138,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--coco-val")
     sp.add_argument("--out", help="output folder (with --coco-*)")
     sp.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    sp.add_argument("--sync-bn", action="store_true",
+                    help="under torchrun on GPUs: BatchNorm statistics over all processes (detection.sync_bn)")
     common(sp)
     sp.set_defaults(func=cmd_train_detector)
 

@@ -129,6 +129,10 @@ class DetectionConfig:
     amp: bool = True             # mixed precision, used on CUDA only
     workers: int = 0
     deterministic: bool = False
+    # DDP on GPUs with BatchNorm in training mode (no weights loaded): normalise with the statistics
+    # of the whole batch over every process, not of each process's few slices (torchvision's
+    # references' --sync-bn); PyTorch's SyncBatchNorm has no CPU kernels
+    sync_bn: bool = False
     max_train_images: int = 0    # 0 = all
     eval_every: int = 1          # validation AP every n epochs (and always after the last)
 
