@@ -227,7 +227,7 @@ def build_model(config: DetectionConfig, num_classes: int = 3, image_size: int =
         "rpn_head": Fp32RPNHead(channels, anchors.num_anchors_per_location()[0]),
         "box_predictor": Fp32BoxPredictor(1024, num_classes),  # TwoMLPHead's 1024 features
         # torchvision's poolers (7 px boxes, 14 px masks, P2..P5) with the level mapper's canonical
-        # box side scaled to the input (see roi_canonical_scale)
+        # box side of roi_canonical_scale (224 px by default, as torchvision's)
         "box_roi_pool": MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2, canonical_scale=canonical),
         "mask_roi_pool": MultiScaleRoIAlign(["0", "1", "2", "3"], 14, 2, canonical_scale=canonical),
         # torchvision's defaults at 256 channels; narrower in tests and the demo
