@@ -5,6 +5,8 @@ same batches, inference slices/s, and the demo run's AP@0.5.
 - CUDA, when a GPU is present: the paper preset (ResNet-50-FPN, 512 px, batch 4, AMP as configured).
 - Quality: AP@0.5 per class of ``runs/demo/detection/CE-T1WI/metrics.json`` when a demo run exists
   (``make demo``); not recomputed here.
+- Anchor coverage of the demo, paper and default presets on a preprocessed synthetic cohort
+  (``runs/s186``, else ``runs/demo``): the share of training boxes whose best anchor has IoU >= 0.5.
 
 "Ours" is ``train_one_epoch`` over the real DataLoader (PNG decoding, RLE masks, augmentation,
 schedule, loss bookkeeping, AMP scaler); "bare" is the same model from the same initial weights
@@ -157,6 +159,44 @@ def _demo_ap() -> dict | None:
             "target_met": {"GTV": (ap.get("GTV") or 0) >= 0.80, "GTVln": (ap.get("GTVln") or 0) >= 0.60}}
 
 
+def _scaled_coco(coco: dict, factor: float) -> dict:
+    """The COCO dict with every box and area scaled by ``factor`` (slices of another size, same
+    field of view: an approximation, since a finer slice also draws small objects more finely)."""
+    anns = [{**a, "bbox": [v * factor for v in a["bbox"]], "area": float(a.get("area", 0)) * factor ** 2}
+            for a in coco["annotations"]]
+    return {**coco, "annotations": anns}
+
+
+def _anchor_coverage(presets: dict) -> dict | None:
+    """Anchor coverage (share of training boxes whose best anchor has IoU >= 0.5) of each preset on
+    each sequence of a preprocessed synthetic cohort (runs/s186, else runs/demo). A preset whose
+    slice size differs from the cohort's is measured on the cohort's boxes scaled to its size."""
+    from npc_msom.config import SEQUENCES
+    from npc_msom.detection.anchors import anchor_coverage, format_coverage
+    for name in ("s186", "demo"):
+        pre = ROOT / "runs" / name / "preprocessed"
+        if all((pre / s / "coco_train.json").is_file() for s in SEQUENCES):
+            break
+    else:
+        return None
+    out: dict = {"cohort": str(pre.relative_to(ROOT))}
+    for seq in SEQUENCES:
+        coco = json.loads((pre / seq / "coco_train.json").read_text())
+        size = max(max(im["width"], im["height"]) for im in coco["images"])
+        for preset, config in presets.items():
+            target = config.preprocess.image_size
+            cov = anchor_coverage(_scaled_coco(coco, target / size) if target != size else coco,
+                                  config.detection, target)
+            log.info("%s", format_coverage(cov, f"{preset} preset, {seq} ({size} px"
+                                                f"{'' if target == size else f' scaled to {target} px'}): "))
+            out.setdefault(preset, {})[seq] = {
+                "image_size": target, "boxes_scaled_from": None if target == size else size,
+                "coverage": cov["coverage"], "coverage_rpn": cov["coverage_rpn"],
+                "by_structure": {k: v["coverage"] for k, v in cov["by_structure"].items()},
+                "by_size": {k: v["coverage"] for k, v in cov["by_size"].items()}}
+    return out
+
+
 def run(quick: bool = False) -> dict:
     import torch
 
@@ -181,6 +221,9 @@ def run(quick: bool = False) -> dict:
     else:
         out["cuda_paper_preset"] = None
     out["demo_ap50"] = _demo_ap()
+    from npc_msom.config import Config
+    out["anchor_coverage"] = _anchor_coverage({"demo": demo, "paper": load_config(ROOT / "configs" / "paper.yaml"),
+                                               "defaults": Config()})
     return out
 
 

@@ -47,8 +47,11 @@ def cmd_preprocess(args) -> int:
 
 
 def cmd_train_detector(args) -> int:
+    import dataclasses
     from npc_msom import detection
     config = _config(args)
+    if args.sync_bn:
+        config = dataclasses.replace(config, detection=dataclasses.replace(config.detection, sync_bn=True))
     if args.coco_train:
         if not (args.coco_images and args.coco_val and args.out):
             raise NpcMsomError("--coco-train needs --coco-images, --coco-val and --out")
@@ -220,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "with the same settings and inputs)")
     sp.add_argument("--force", action="store_true", help="with --resume: train from the start when the last "
                     "checkpoint was made with other settings")
+    sp.add_argument("--sync-bn", action="store_true",
+                    help="under torchrun on GPUs: BatchNorm statistics over all processes (detection.sync_bn)")
     common(sp)
     sp.set_defaults(func=cmd_train_detector)
 

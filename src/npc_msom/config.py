@@ -112,10 +112,14 @@ class DetectionConfig:
     box_nms: float = 0.5
     score_threshold: float = 0.05
     detections_per_image: int = 100
-    # anchors: empty = MMDetection's 32..512 px (one size per level P2..P6) at its 800 px input,
-    # scaled to our input size (never below the level's stride); x ratios below
+    # anchors: base size per level P2..P6 in px at the network's input; empty = 2 x the level's
+    # stride (8..128 px, chosen by anchor coverage: detection/model.py), x ratios and octave scales
     anchor_sizes: tuple[float, ...] = ()
     anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    anchor_scales_per_octave: int = 3  # sizes per level: base x 2^(i/3) (RetinaNet's octave scales)
+    # RoI heads: boxes of this side (px at the network's input) pool from P4, smaller ones from
+    # finer levels (FPN eq. 1; torchvision's and MMDetection's 224 px); 0 = 224 x input / 800
+    roi_canonical_scale: float = 224.0
     # the network sees slices resized by this factor (MMDetection's pipeline took the study's 512 px
     # to 800 px, i.e. 1.5625); 1 = no resizing. Outputs are mapped back to the slice's pixels.
     input_scale: float = 1.0
@@ -135,6 +139,10 @@ class DetectionConfig:
     amp: bool = True             # mixed precision, used on CUDA only
     workers: int = 0
     deterministic: bool = False
+    # DDP on GPUs with BatchNorm in training mode (no weights loaded): normalise with the statistics
+    # of the whole batch over every process, not of each process's few slices (torchvision's
+    # references' --sync-bn); PyTorch's SyncBatchNorm has no CPU kernels
+    sync_bn: bool = False
     max_train_images: int = 0    # 0 = all
     # one detector trained on the slices of every sequence, evaluated per sequence (detection/shared.py)
     shared: bool = False

@@ -122,3 +122,42 @@ def test_figure_slice_prefers_a_level_present_in_every_sequence(tmp_path):
     assert pick_figure_slice(t2) == 0
     assert pick_figure_slice(t2, [t1], tol_mm=1.5) == 1
     assert pick_figure_slice(t2, [coco([40.0], [1.0])], tol_mm=1.5) == 0  # no common level: best alone
+
+
+class _GroundTruthModel(torch.nn.Module):
+    """A stub detector that returns each slice's ground truth (boxes, labels, masks), in order."""
+
+    def __init__(self, coco):
+        super().__init__()
+        from pycocotools import mask as mask_util
+        self.outputs = []
+        for im in coco.images:
+            anns = coco.annotations[im["id"]]
+            boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)],
+                                 dtype=torch.float32).reshape(-1, 4)
+            masks = torch.stack([torch.from_numpy(mask_util.decode(a["segmentation"]).astype(np.float32))
+                                 for a in anns])[:, None] if anns else torch.zeros(0, 1, im["height"], im["width"])
+            self.outputs.append({"boxes": boxes, "labels": torch.tensor([a["label"] for a in anns], dtype=torch.int64),
+                                 "scores": torch.ones(len(anns)), "masks": masks})
+        self.served = 0
+
+    def forward(self, images):
+        out = self.outputs[self.served:self.served + len(images)]
+        self.served += len(images)
+        return out
+
+
+def test_evaluate_detector_gives_ap_one_for_the_ground_truth(det_run):
+    from npc_msom.detection import evaluate_detector
+    coco = read_coco(det_run / "preprocessed" / SEQ / "coco_val.json")
+    metrics, preds = evaluate_detector(_GroundTruthModel(coco), coco, "cpu", batch_size=3, show_progress=False)
+    assert metrics.ap50 == {"GTV": pytest.approx(1.0), "GTVln": pytest.approx(1.0)}
+    assert metrics.mask_map50 == pytest.approx(1.0)
+    present = {(c, z) for c, bins in metrics.n_gt_by_size.items() for z, n in bins.items() if n}
+    assert len(present) >= 3  # the 96 px slices hold GTVs and nodes of several sizes
+    for c, bins in metrics.ap50_by_size.items():
+        for z, ap in bins.items():
+            assert ap == (pytest.approx(1.0) if (c, z) in present else None), (c, z)
+    assert sum(sum(b.values()) for b in metrics.n_gt_by_size.values()) == sum(metrics.n_gt.values())
+    d = metrics.to_dict()
+    assert d["ap50_by_size"]["GTV"] == metrics.ap50_by_size["GTV"]

@@ -80,3 +80,22 @@ def test_table2_in_percent(tmp_path):
     path = write_table2({"T1WI": {"ap50": {"GTV": 0.5, "GTVln": None}, "map50": 0.5}}, tmp_path / "t.csv")
     row = next(csv.DictReader(path.open()))
     assert row["sequence"] == "T1WI" and row["GTV AP@0.5"] == "50.0" and row["GTVln AP@0.5"] == ""
+
+
+def test_size_bins_split_ap_by_object_size(tmp_path):
+    from npc_msom.detection.metrics import SIZE_BINS, size_bin_of, size_ranges
+    # the rule of docs/detection.md at 128 px: tiny < 4 px, small < 8, medium < 16, large >= 16
+    assert [size_bin_of(a, 128) for a in (1, 15.9, 16, 63, 64, 255, 256, 1e6)] == [
+        "tiny", "tiny", "small", "small", "medium", "medium", "large", "large"]
+    assert size_ranges(512)["small"] == (16 ** 2, 32 ** 2) and [b[0] for b in SIZE_BINS] == list(size_ranges(64))
+    gt = _gt()  # at 64 px: GTV 20x16 and 24x20 large; GTVln 8x8 large, 6x6 medium (tiny < 2 px)
+    hit = [a for a in gt if a["bbox"][2] >= 8]  # the 6x6 node is missed
+    preds = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+             for a in hit]
+    m = coco_metrics(IMAGES, gt, preds, CLASSES, with_masks=False)
+    assert m.n_gt_by_size["GTVln"] == {"tiny": 0, "small": 0, "medium": 1, "large": 1}
+    assert m.ap50_by_size["GTVln"] == {"tiny": None, "small": None, "medium": 0.0, "large": pytest.approx(1.0)}
+    assert m.ap50_by_size["GTV"]["large"] == pytest.approx(1.0)
+    row = table2_rows({"CE-T1WI": m.to_dict()})[0]
+    assert row["GTVln AP@0.5 medium"] == "0.0" and row["GTVln AP@0.5 large"] == "100.0"
+    assert row["GTVln AP@0.5 tiny"] == ""

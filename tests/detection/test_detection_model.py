@@ -20,23 +20,30 @@ def test_paper_settings_of_the_model():
     assert m.backbone.body.layer4[0].conv3.out_channels == 2048  # a ResNet-50 (bottleneck) body
     assert m.transform.min_size == (512,) and m.transform.max_size == 512
     gen = m.rpn.anchor_generator
-    assert [len(s) for s in gen.sizes] == [1] * 5 and all(len(r) == 3 for r in gen.aspect_ratios)
-    assert m.rpn.head.cls_logits.out_channels == 3  # 3 anchors (ratios) per location and level
+    assert [len(s) for s in gen.sizes] == [3] * 5 and all(len(r) == 3 for r in gen.aspect_ratios)
+    assert m.rpn.head.cls_logits.out_channels == 9  # 3 sizes x 3 ratios per location and level
+    assert m.roi_heads.box_roi_pool.canonical_scale == 224 and m.roi_heads.mask_roi_pool.canonical_scale == 224
     # no weights: BatchNorm trained, every stage trainable
     assert isinstance(m.backbone.body.bn1, torch.nn.BatchNorm2d)
     assert all(p.requires_grad for p in m.backbone.body.parameters())
 
 
-def test_anchor_sizes_follow_the_input_size():
+def test_anchor_sizes_are_twice_the_stride_at_three_octave_scales():
+    from npc_msom.detection.model import make_anchor_generator, roi_canonical_scale
     cfg = DetectionConfig()
-    # MMDetection's 32..512 px at 800 px, scaled to the input
-    assert anchor_sizes_for(512, cfg) == pytest.approx((20.5, 41.0, 81.9, 163.8, 327.7))
-    assert anchor_sizes_for(800, cfg) == (32, 64, 128, 256, 512)
-    # never below the level's stride
-    assert anchor_sizes_for(64, cfg) == (4, 8, 16, 32, 64)
+    # in the network's pixels, whatever the input size (as MMDetection's 8 x stride)
+    assert anchor_sizes_for(512, cfg) == anchor_sizes_for(128, cfg) == (8, 16, 32, 64, 128)
+    gen = make_anchor_generator(cfg, 256)
+    assert gen.sizes[0] == pytest.approx((8, 10.08, 12.7), abs=0.01)
+    assert gen.sizes[4] == pytest.approx((128, 161.27, 203.19), abs=0.01)
+    assert len(make_anchor_generator(DetectionConfig(anchor_scales_per_octave=1), 256).sizes[0]) == 1
     assert anchor_sizes_for(128, DetectionConfig(anchor_sizes=(4, 8, 16, 32, 64))) == (4, 8, 16, 32, 64)
     with pytest.raises(ConfigError):
         anchor_sizes_for(128, DetectionConfig(anchor_sizes=(8, 16)))
+    with pytest.raises(ConfigError):
+        make_anchor_generator(DetectionConfig(anchor_scales_per_octave=0), 128)
+    assert roi_canonical_scale(cfg, 128) == 224
+    assert roi_canonical_scale(DetectionConfig(roi_canonical_scale=0), 400) == 112  # scaled from 800 px
 
 
 def test_unknown_backbone_is_a_config_error():
@@ -131,3 +138,43 @@ def test_input_scale_resizes_inside_the_model_only():
     assert [s[0] for s in m.rpn.anchor_generator.sizes] == list(anchor_sizes_for(128, cfg))
     with pytest.raises(ConfigError):
         build_model(DetectionConfig(backbone="resnet18", input_scale=0.0))
+
+
+def _rpn_decode(model, images, features):
+    """Anchors, box deltas and the RPN's decoded proposals (N, 4) for the given feature maps."""
+    feats = list(features.values())
+    anchors = model.rpn.anchor_generator(images, feats)
+    objectness, deltas = model.rpn.head(feats)
+    from torchvision.models.detection.rpn import concat_box_prediction_layers
+    _, flat = concat_box_prediction_layers(objectness, deltas)
+    return anchors[0], flat, model.rpn.box_coder.decode(flat, anchors).view(-1, 4)
+
+
+def test_anchors_and_decoded_boxes_are_float32_under_autocast():
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.image_list import ImageList
+    torch.manual_seed(0)
+    cfg = DetectionConfig(backbone="resnet18", fpn_channels=32)
+    m = build_model(cfg, image_size=256).eval()
+    images = ImageList(torch.randn(1, 3, 256, 256), [(256, 256)])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = m.backbone(images.tensors)
+        assert feats["0"].dtype == torch.bfloat16  # the backbone and FPN do run in bfloat16
+        anchors, deltas, boxes = _rpn_decode(m, images, feats)
+        proposals = boxes[:50]
+        x = m.roi_heads.box_head(m.roi_heads.box_roi_pool(feats, [proposals], images.image_sizes))
+        _, box_deltas = m.roi_heads.box_predictor(x)
+        head_boxes = m.roi_heads.box_coder.decode(box_deltas, [proposals])
+        # torchvision's own generator builds the anchors in the features' dtype
+        stock = AnchorGenerator(m.rpn.anchor_generator.sizes, m.rpn.anchor_generator.aspect_ratios)
+        stock_anchors = stock(images, list(feats.values()))[0]
+    assert anchors.dtype == deltas.dtype == boxes.dtype == box_deltas.dtype == head_boxes.dtype == torch.float32
+    with torch.no_grad():  # the same inputs, decoded in float32 without autocast
+        ref_anchors = m.rpn.anchor_generator(images, [f.float() for f in feats.values()])[0]
+        ref_boxes = m.rpn.box_coder.decode(deltas, [ref_anchors]).view(-1, 4)
+        ref_head = m.roi_heads.box_coder.decode(box_deltas, [proposals])
+    assert torch.equal(anchors, ref_anchors)
+    assert (boxes - ref_boxes).abs().max() < 0.01
+    assert (head_boxes - ref_head).abs().max() < 0.01
+    # and the test can fail: bfloat16 anchors are off by more than that at 256 px
+    assert (stock_anchors.float() - ref_anchors).abs().max() > 0.01

@@ -1,10 +1,12 @@
-"""Mask R-CNN with a ResNet-FPN backbone (torchvision), set up as the study's MMDetection model.
+"""Mask R-CNN with a ResNet-FPN backbone (torchvision), set up after the study's MMDetection model.
 
 The study used MMDetection's Mask R-CNN R50-FPN with its defaults. torchvision's ``MaskRCNN`` has
-the same architecture (C2..C5 -> P2..P6 with 256 channels, RPN with 3 anchors per location, RoIAlign
-7x7 box head with two 1024-wide FC layers, 4-conv 14x14 mask head) and the same sampling and
-matching rules (RPN IoU 0.7 / 0.3, 256 anchors, half positive; head IoU 0.5, 512 RoIs, a quarter
-positive); the differences that remain are listed in the package docstring.
+the same architecture (C2..C5 -> P2..P6 with 256 channels, RoIAlign 7x7 box head with two
+1024-wide FC layers, 4-conv 14x14 mask head) and the same sampling and matching rules (RPN IoU
+0.7 / 0.3, 256 anchors, half positive; head IoU 0.5, 512 RoIs, a quarter positive). It is not
+the same detector: our slices are smaller than MMDetection's 800 px input, so the anchors differ
+(9 per location, 2 x the stride: see :data:`ANCHOR_STRIDE_RATIO`), and anchors and box decoding
+run in float32 under autocast. Every difference is listed in the package docstring.
 """
 from __future__ import annotations
 
@@ -21,8 +23,11 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -36,27 +41,66 @@ BACKBONES = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
 
 # FPN levels P2..P6 and their strides in pixels.
 FPN_STRIDES: tuple[int, ...] = (4, 8, 16, 32, 64)
-# MMDetection's anchors: octave_base_scale 8 x strides = 32..512 px, for its default input whose
-# short side is resized to 800 px.
+# MMDetection's Mask R-CNN: one anchor of 8 x the stride per level (32..512 px) for its input, whose
+# short side is resized to 800 px. Its RoI level mapper (finest_scale 56) sends boxes under 112 px
+# to P2, as torchvision's canonical 224 px at P4 does.
 MMDET_ANCHOR_SIZES: tuple[int, ...] = (32, 64, 128, 256, 512)
 MMDET_SHORT_SIDE = 800
+# Our anchors: 2 x the stride per level, at 3 scales per octave (anchor_scales_per_octave), i.e.
+# 8..203 px at any input size. Chosen by anchor coverage (anchors.anchor_coverage: share of
+# training boxes whose best anchor has IoU >= 0.5) on the 186-patient synthetic cohort, CE-T1WI:
+# at 128 px seen at 256 px (input_scale 2) 92.3% (2 x stride, 1 scale/octave: ...; 3 x: ...;
+# 1.5 x: 90.6%; 2.5 x: 87.9%; 2 scales/octave: 91.7%); at 512 px 97.4% (boxes x 4). The old
+# rule, MMDetection's sizes scaled to the slice (5..82 px at 128 px, 1.3 x the stride), reached
+# 45.7%: the best anchor of a box is only as good as the grid of its level is fine, so each size
+# must sit on a level whose stride is well below it. No anchor on the 4 px grid of P2 reaches a
+# box under ~4 px, whatever its size; hence input_scale 2 for 128 px slices (at scale 1 the
+# best set found covered 76.5%, at 1.5 84.1%).
+ANCHOR_STRIDE_RATIO = 2.0
 
 
 def anchor_sizes_for(image_size: int, config: DetectionConfig) -> tuple[float, ...]:
-    """One anchor size (px) per FPN level P2..P6.
+    """The base anchor size (px at the network's input) of each FPN level P2..P6.
 
-    MMDetection upsamples the study's 512 px slices to 800 px before its 32..512 px anchors see
-    them; we keep the images at their size (2.4x less compute) and scale the anchors instead, so
-    each anchor covers the same fraction of the slice. Sizes never go below the level's stride.
+    ``config.anchor_sizes`` when given, else :data:`ANCHOR_STRIDE_RATIO` x the level's stride
+    (the same at every input size, as MMDetection's; ``image_size`` is kept for callers that
+    pass it). :func:`make_anchor_generator` adds ``anchor_scales_per_octave`` sizes per level.
     """
     if config.anchor_sizes:
         if len(config.anchor_sizes) != len(FPN_STRIDES):
             raise ConfigError(f"detection.anchor_sizes: expected {len(FPN_STRIDES)} sizes (P2..P6), "
                               f"got {list(config.anchor_sizes)}")
         return tuple(float(s) for s in config.anchor_sizes)
-    scale = image_size / MMDET_SHORT_SIDE
-    return tuple(float(max(stride, round(size * scale, 1)))
-                 for size, stride in zip(MMDET_ANCHOR_SIZES, FPN_STRIDES))
+    return tuple(ANCHOR_STRIDE_RATIO * s for s in FPN_STRIDES)
+
+
+def make_anchor_generator(config: DetectionConfig, net_size: int) -> AnchorGenerator:
+    """torchvision's AnchorGenerator for a network input of ``net_size`` px: per level, the base
+    size x 2^(i / n) for i < n = ``anchor_scales_per_octave`` (RetinaNet's octave scales), each at
+    every ratio of ``anchor_ratios``."""
+    n = int(config.anchor_scales_per_octave)
+    if n < 1:
+        raise ConfigError(f"detection.anchor_scales_per_octave: expected an integer >= 1, got {n}")
+    sizes = tuple(tuple(round(base * 2 ** (i / n), 2) for i in range(n))
+                  for base in anchor_sizes_for(net_size, config))
+    return Fp32AnchorGenerator(sizes=sizes, aspect_ratios=(tuple(config.anchor_ratios),) * len(sizes))
+
+
+def roi_canonical_scale(config: DetectionConfig, net_size: int) -> float:
+    """The box side (px at the network's input) that the RoI heads pool from P4 (FPN eq. 1; half
+    of it from P3, a quarter or less from P2).
+
+    ``config.roi_canonical_scale`` when > 0 (default 224, torchvision's and MMDetection's), else
+    224 scaled from MMDetection's 800 px input to ``net_size``. The default is kept in the
+    network's pixels, like the anchors: what sets the right level is how many feature cells a box
+    spans, not its share of the slice. Scaled, half the GTVs of a 128 px slice seen at 256 px
+    (36-66 px there) would pool from P3, spanning 4-8 cells of its 8 px grid for the 7 x 7 RoIAlign
+    instead of 9-16 cells of P2's; MMDetection's own set-up pooled those tumours (70-130 px at its
+    800 px) from P2 as well.
+    """
+    if config.roi_canonical_scale > 0:
+        return float(config.roi_canonical_scale)
+    return 224.0 * net_size / MMDET_SHORT_SIDE
 
 
 def resolved_norm(config: DetectionConfig) -> str:
@@ -96,6 +140,56 @@ def _grey_conv1(conv: nn.Conv2d) -> GreyConv2d:
                       padding=conv.padding, bias=conv.bias is not None)
     grey.load_state_dict(conv.state_dict())
     return grey
+
+
+# Boxes in float32 under autocast. torchvision builds the anchors in the feature maps' dtype and
+# decodes boxes in the dtype of the regression outputs (BoxCoder casts the anchors / proposals to
+# it): under bfloat16 autocast, anchors of a 512 px input were off by up to 2 px and a 21 px box
+# decoded with IoU 0.83 against its float32 decode, distorting both the training targets and the
+# reported AP. The backbone, FPN and the heads' hidden layers stay in the autocast type; only the
+# anchors and the last (cheap) layers that produce box deltas and scores run in float32, so every
+# box is decoded in float32. The modules keep torchvision's parameter names (checkpoints unchanged).
+
+def _fp32(device_type: str):
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
+class Fp32AnchorGenerator(AnchorGenerator):
+    """torchvision's AnchorGenerator with the anchors always in float32 (not the features' dtype)."""
+
+    def forward(self, image_list: ImageList, feature_maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        grid_sizes = [f.shape[-2:] for f in feature_maps]
+        image_size = image_list.tensors.shape[-2:]
+        device = feature_maps[0].device
+        strides = [[torch.empty((), dtype=torch.int64, device=device).fill_(image_size[0] // g[0]),
+                    torch.empty((), dtype=torch.int64, device=device).fill_(image_size[1] // g[1])]
+                   for g in grid_sizes]
+        self.set_cell_anchors(torch.float32, device)
+        per_level = self.grid_anchors(grid_sizes, strides)
+        return [torch.cat(per_level) for _ in range(len(image_list.image_sizes))]
+
+
+class Fp32RPNHead(RPNHead):
+    """RPNHead whose 3x3 conv runs in the autocast type and whose two 1x1 output convolutions
+    (objectness, box deltas) run in float32, returning float32."""
+
+    def forward(self, x: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        logits, bbox_reg = [], []
+        for feature in x:
+            t = self.conv(feature)
+            with _fp32(t.device.type):
+                t = t.float()
+                logits.append(self.cls_logits(t))
+                bbox_reg.append(self.bbox_pred(t))
+        return logits, bbox_reg
+
+
+class Fp32BoxPredictor(FastRCNNPredictor):
+    """FastRCNNPredictor (class scores, per-class box deltas) computed and returned in float32."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with _fp32(x.device.type):
+            return super().forward(x.float())
 
 
 class GrayscaleRCNNTransform(GeneralizedRCNNTransform):
@@ -154,22 +248,31 @@ def build_model(config: DetectionConfig, num_classes: int = 3, image_size: int =
     if config.input_scale <= 0:
         raise ConfigError(f"detection.input_scale: expected a positive factor, got {config.input_scale}")
     net_size = int(round(image_size * config.input_scale))  # the side the network sees
-    sizes = anchor_sizes_for(net_size, config)
-    anchors = AnchorGenerator(sizes=tuple((s,) for s in sizes),
-                              aspect_ratios=(tuple(config.anchor_ratios),) * len(sizes))
-    extra: dict[str, Any] = {}
-    if channels != 256:
-        extra["mask_head"] = MaskRCNNHeads(channels, (channels,) * 4, 1)
-        extra["mask_predictor"] = MaskRCNNPredictor(channels, channels, num_classes)
-        extra["box_predictor"] = FastRCNNPredictor(1024, num_classes)  # TwoMLPHead's 1024 features
+    anchors = make_anchor_generator(config, net_size)
+    canonical = roi_canonical_scale(config, net_size)
+    extra: dict[str, Any] = {
+        "rpn_head": Fp32RPNHead(channels, anchors.num_anchors_per_location()[0]),
+        "box_predictor": Fp32BoxPredictor(1024, num_classes),  # TwoMLPHead's 1024 features
+        # torchvision's poolers (7 px boxes, 14 px masks, P2..P5) with the level mapper's canonical
+        # box side of roi_canonical_scale (224 px by default, as torchvision's)
+        # (roi_sampling_ratio points per bin side: torchvision's 2; 1 in the demo, whose bins are under
+        # a feature pixel)
+        "box_roi_pool": MultiScaleRoIAlign(["0", "1", "2", "3"], 7, config.roi_sampling_ratio,
+                                           canonical_scale=canonical),
+        "mask_roi_pool": MultiScaleRoIAlign(["0", "1", "2", "3"], 14, config.roi_sampling_ratio,
+                                            canonical_scale=canonical),
+        # torchvision's defaults at 256 channels; narrower in tests and the demo
+        "mask_head": MaskRCNNHeads(channels, (channels,) * 4, 1),
+        "mask_predictor": MaskRCNNPredictor(channels, channels, num_classes),
+    }
     model = MaskRCNN(
         backbone,
-        num_classes=None if channels != 256 else num_classes,
+        num_classes=None,
         min_size=net_size, max_size=net_size,
         image_mean=[config.pixel_mean] * 3, image_std=[config.pixel_std] * 3,
         rpn_anchor_generator=anchors,
         # MMDetection v2 mask_rcnn_r50_fpn: 2000 boxes per level before and 1000 after the RPN's
-        # NMS in training, 1000 / 1000 at test time.
+        # NMS in training, 1000 / 1000 at test time (the defaults; detection.rpn_proposals_*)
         rpn_pre_nms_top_n_train=2 * config.rpn_proposals_train, rpn_post_nms_top_n_train=config.rpn_proposals_train,
         rpn_pre_nms_top_n_test=config.rpn_proposals_test, rpn_post_nms_top_n_test=config.rpn_proposals_test,
         rpn_nms_thresh=config.rpn_nms,
@@ -179,9 +282,6 @@ def build_model(config: DetectionConfig, num_classes: int = 3, image_size: int =
         box_batch_size_per_image=config.box_batch_size,
         **extra,
     )
-    if config.roi_sampling_ratio != 2:
-        model.roi_heads.box_roi_pool.sampling_ratio = config.roi_sampling_ratio
-        model.roi_heads.mask_roi_pool.sampling_ratio = config.roi_sampling_ratio
     # Mask logits start near 0 (Detectron2's init of this layer): torchvision's Kaiming fan-out
     # init over only num_classes outputs gives logits of std ~10 and a first mask loss of ~8, which
     # a backbone trained from scratch does not survive (the loss diverged within 15 iterations).
@@ -282,6 +382,9 @@ def load_detector(path: str | Path, device: torch.device | str = "cpu"):
         raise InputError("not a detector checkpoint", file=path, expected="a dict with 'model' and 'meta'")
     meta = dict(ckpt["meta"])
     det = dict(ckpt["config"]["detection"])
+    # checkpoints from before these settings existed: one anchor size per level, RoI levels at 224
+    det.setdefault("anchor_scales_per_octave", 1)
+    det.setdefault("roi_canonical_scale", 224.0)
     # rebuild with the norm / frozen layers resolved at training time, without the initial weights
     det.update(weights=None, norm=meta["norm"], trainable_layers=meta["trainable_layers"],
                fpn_channels=meta["fpn_channels"], anchor_sizes=meta["anchor_sizes"])

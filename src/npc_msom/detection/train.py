@@ -30,7 +30,7 @@ from npc_msom.detection.data import CocoSlices, EpochTaggedSampler, SliceDataset
 from npc_msom.detection.figures import detections_figure
 from npc_msom.detection.infer import evaluate_detector
 from npc_msom.detection.metrics import write_table2
-from npc_msom.detection.model import amp_context, amp_dtype, build_model, model_meta
+from npc_msom.detection.model import amp_context, amp_dtype, build_model, model_meta, resolved_norm
 from npc_msom.errors import ConfigError, InputError, TrainingError
 from npc_msom.runtime import (atomic_path, check_settings, file_digest, progress, resolve_device, seed_everything,
                               settings_digest, worker_init_fn, write_json_atomic, write_text_atomic)
@@ -92,6 +92,30 @@ def init_distributed(device: torch.device) -> DistInfo:
     dist.init_process_group(backend=backend)
     log.info("DDP: rank %d of %d (%s)", rank, world, backend)
     return DistInfo(rank, world, local, True)
+
+
+def convert_sync_bn(model: torch.nn.Module, det, info: DistInfo, device: torch.device) -> torch.nn.Module:
+    """The model with SyncBatchNorm in place of BatchNorm2d when ``det.sync_bn`` asks for it and it
+    applies (several processes, BatchNorm in training mode), as torchvision's references do.
+
+    Each process sees batch_size / world_size slices (1 or 2 at the study's batch 4), too few for
+    batch statistics of their own. Raises ConfigError on CPU processes: PyTorch's SyncBatchNorm
+    runs on GPUs only.
+    """
+    if not det.sync_bn:
+        return model
+    if not info.enabled:
+        log.info("detection.sync_bn: one process, nothing to synchronise")
+        return model
+    if resolved_norm(det) != "batch":
+        log.info("detection.sync_bn: BatchNorm statistics are frozen (loaded weights), nothing to synchronise")
+        return model
+    if device.type != "cuda":
+        raise ConfigError(f"detection.sync_bn: PyTorch's SyncBatchNorm runs on GPUs only, these processes run "
+                          f"on {device.type}; drop --sync-bn (or detection.sync_bn) for CPU training")
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    log.info("detection.sync_bn: BatchNorm statistics synchronised over %d processes", info.world_size)
+    return model
 
 
 def lr_factor(iteration: int, *, warmup_iters: int, warmup_ratio: float, milestones: list[int],
@@ -363,6 +387,7 @@ def _train(config, det, images_dir, coco_train, coco_val, out_dir, resume, devic
     elif resume and not last_path.is_file():
         log.info("no %s: training from the start", last_path)
 
+    model = convert_sync_bn(model, det, info, device)
     ddp_model = model
     if info.enabled:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
