@@ -37,17 +37,30 @@ def test_coverage_of_known_boxes():
     assert cov2["coverage"] == 1.0 and cov2["net_size"] == 128
 
 
-def test_demo_anchors_reach_nine_in_ten_training_boxes(small_run):
-    """The demo preset's detection settings on the project's synthetic patients. These slices are
-    96 px (2.2 mm pixels; the demo's 128 px have 1.7 mm): the network is fed the demo's 256 px."""
-    demo = load_config(ROOT / "configs" / "demo.yaml").detection
-    demo = dataclasses.replace(demo, input_scale=demo.input_scale * 128 / 96)
+def test_anchors_reach_nine_in_ten_training_boxes_at_twice_the_demo_input(small_run):
+    """The default anchors with the network fed 256 px for 128 px slices, on the project's synthetic
+    patients. These slices are 96 px (2.2 mm pixels; the demo's 128 px have 1.7 mm), so the input
+    scale is raised in proportion."""
+    cfg = dataclasses.replace(load_config(ROOT / "configs" / "demo.yaml").detection, anchor_sizes=(),
+                              input_scale=2.0 * 128 / 96)
     coco = small_run / "preprocessed" / SEQ / "coco_train.json"
-    cov = anchor_coverage(coco, demo, 96)
-    print(format_coverage(cov, "demo anchors, small_run: "))
+    cov = anchor_coverage(coco, cfg, 96)
+    print(format_coverage(cov, "input scale 2, small_run: "))
     assert cov["n_boxes"] >= 20 and set(cov["by_structure"]) == {"GTV", "GTVln"}
     assert cov["coverage"] >= 0.9
     # the anchors of before (MMDetection's sizes scaled to the slice, one per level, no upscaling)
     # fell far short on the same boxes
     old = DetectionConfig(anchor_sizes=(4.0, 7.7, 15.4, 30.7, 61.4), anchor_scales_per_octave=1)
     assert anchor_coverage(coco, old, 96)["coverage"] < 0.75
+
+
+def test_demo_preset_coverage_is_what_its_config_says(small_run):
+    """The demo keeps the slices' own 128 px for its time budget (configs/demo.yaml): about three
+    boxes in four covered, the tiny node ends being the ones missed; far above the old anchors."""
+    demo = load_config(ROOT / "configs" / "demo.yaml").detection
+    demo = dataclasses.replace(demo, input_scale=demo.input_scale * 128 / 96)
+    coco = small_run / "preprocessed" / SEQ / "coco_train.json"
+    cov = anchor_coverage(coco, demo, 96)
+    print(format_coverage(cov, "demo preset, small_run: "))
+    old = DetectionConfig(anchor_sizes=(4.0, 7.7, 15.4, 30.7, 61.4), anchor_scales_per_octave=1)
+    assert cov["coverage"] >= 0.65 and cov["coverage"] > anchor_coverage(coco, old, 96)["coverage"] + 0.1
