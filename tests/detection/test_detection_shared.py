@@ -46,6 +46,7 @@ def test_shared_detector_trains_once_and_reports_every_sequence(small_run, small
         val = json.loads((run / "preprocessed" / seq / "coco_val.json").read_text())
         assert m["n_val_images"] == m["n_images"] == len(val["images"]) > 0
         assert m["detector"] == "detection/shared/checkpoint_last.pt" and len(m["checkpoint_sha256"]) == 64
+        assert m["settings_digest"]  # what the shared detector was trained with (train.py)
         assert set(m["ap50"]) == {"GTV", "GTVln"}
         assert detector_checkpoint(run, seq) == shared
     table2 = pd.read_csv(run / "detection" / "table2.csv")

@@ -132,6 +132,7 @@ def evaluate_sequence(config: Config, run_dir: Path, sequence: str, checkpoint: 
                "checkpoint_sha256": sha, "evaluated_checkpoint": "last", "epochs": meta.get("epoch"),
                "image_size": meta["image_size"], "backbone": meta["backbone"],
                "trained_on": shared_summary.get("sequence"),
+               "settings_digest": shared_summary.get("settings_digest"),
                "n_train_images": shared_summary.get("n_train_images"),
                "n_val_images": len(val_set), "n_val_patients": len(val_set.patients()),
                "train_images_per_s": shared_summary.get("train_images_per_s")}
