@@ -103,7 +103,7 @@ def read_run(run_dir: str | Path) -> RunModels:
             untrained[seq] = ("no detector checkpoint" if not det.is_file() else "no stage-2 model")
     if not trained:
         raise InputError("the run folder has no trained models", file=run_dir,
-                         expected="detection/<sequence>/ (or detection/shared/) checkpoint_last.pt and prediction/<sequence>/"
+                         expected="detection/<sequence>/checkpoint_last.pt (or detection/shared/checkpoint_last.pt) and prediction/<sequence>/"
                                   "<mri|fusion>/checkpoint.pt for at least one sequence (npc-msom run)")
     return RunModels(run_dir, config, trained, untrained)
 
@@ -495,14 +495,20 @@ def predict(run_dir: str | Path, patient_dir: str | Path, clinical: str | Path |
     # the stage draws each patient's negative slices from one generator over its sequences in order
     rng = np.random.default_rng([cfg.seed, int(hashlib.sha1(pid.encode()).hexdigest()[:8], 16)])
     pp = cfg.preprocess
+    # a validation patient of the run kept at least preprocess.val_negatives tumour-free slices
+    negatives = pp.negatives_per_patient
+    split_path = Path(run_dir) / "preprocessed" / "split.json"
+    if split_path.is_file() and pid in set(json.loads(split_path.read_text()).get("val", [])):
+        negatives = max(negatives, pp.val_negatives)
     preds = {}
     for s in present:
         series = pin.patient.series[s]
         volume = preprocess_volume(series, pp) if s in usable else None
         masks = volume.masks if volume is not None else _resampled_masks(series, pp)
         pos, neg = select_slices(masks, neighbours=pp.neighbours, slice_step=pp.slice_step,
-                                 negatives=pp.negatives_per_patient,
-                                 body=volume.body if volume is not None else _body(series, pp), rng=rng)
+                                 negatives=negatives,
+                                 body_fraction=volume.body_fraction if volume is not None else _body(series, pp),
+                                 rng=rng)
         if s not in usable:
             continue
         preds[s] = predict_sequence(run, s, series, volume, models[s], clinical_row, (pos, neg), device, thr, pid)
@@ -523,12 +529,11 @@ def _resampled_masks(series: Series, pp) -> dict:
 
 
 def _body(series: Series, pp):
-    if not series.masks or pp.negatives_per_patient <= 0:
+    """(Z,) body fraction per 1 mm plane of a sequence that is not scored (to draw the stage's negatives)."""
+    if not series.masks:
         return None
-    from npc_msom.preprocess.intensity import body_mask  # noqa: PLC0415
-    from npc_msom.preprocess.resample import resample_series  # noqa: PLC0415
-    image, _, _ = resample_series(dataclasses.replace(series, masks={}), pp.spacing_mm)
-    return body_mask(image)
+    from npc_msom.preprocess.volume import body_fraction_on_grid  # noqa: PLC0415
+    return body_fraction_on_grid(series, pp)
 
 
 # ---- writing ------------------------------------------------------------------------------------

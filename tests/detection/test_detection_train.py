@@ -118,11 +118,10 @@ def test_lr_steps_are_fractions_of_the_schedule_or_epochs_that_fit():
     from npc_msom.detection.train import lr_milestones
     from npc_msom.errors import ConfigError
     root = Path(__file__).resolve().parents[2] / "configs"
-    # the demo preset at 20 epochs: its steps move to 4/6 and 5/6 of the 20 (epochs 13.3 and 16.7),
-    # where epoch steps [4, 5] cut the lr 100x after epoch 5 of 20
+    # the demo preset (steps at 3/4 and 9/10 of its schedule) at 20 epochs: epochs 15 and 18
     demo = load_config(root / "demo.yaml", ["detection.epochs=20"]).detection
-    assert lr_milestones(demo.lr_steps, demo.epochs, 100) == [1333, 1667]
-    assert lr_milestones(load_config(root / "demo.yaml").detection.lr_steps, 6, 100) == [400, 500]
+    assert lr_milestones(demo.lr_steps, demo.epochs, 100) == [1500, 1800]
+    assert lr_milestones(load_config(root / "demo.yaml").detection.lr_steps, 4, 100) == [300, 360]
     paper = load_config(root / "paper.yaml").detection
     assert lr_milestones(paper.lr_steps, paper.epochs, 35) == [16 * 35, 22 * 35]  # MMDetection's 2x
     assert lr_milestones((16, 22), 24, 10) == [160, 220]  # whole epochs that fit are still epochs

@@ -18,8 +18,8 @@ from PIL import Image
 
 from npc_msom.cohort.model import Geometry, Series
 from npc_msom.config import PreprocessConfig
-from npc_msom.preprocess.intensity import body_mask, normalise_to_uint8
-from npc_msom.preprocess.resample import resample_series
+from npc_msom.preprocess.intensity import apply_window, body_mask, intensity_window
+from npc_msom.preprocess.resample import isotropic_reference, native_plane_of, resample_series
 from npc_msom.preprocess.slices import pad_to_square, resize_image
 
 
@@ -34,16 +34,11 @@ class VolumeSlices:
     """
     images: np.ndarray
     z_mm: np.ndarray
-    body: np.ndarray
+    body_fraction: np.ndarray
     masks: dict
     geometry: Geometry
     square: int
     offset: tuple[int, int]
-
-    @property
-    def body_fraction(self) -> np.ndarray:
-        """(Z,) share of each slice inside the body."""
-        return self.body.reshape(self.body.shape[0], -1).mean(axis=1)
 
     @property
     def pixel_mm(self) -> float:
@@ -78,8 +73,11 @@ def stored_like_stage(img: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
 def preprocess_volume(series: Series, cfg: PreprocessConfig) -> VolumeSlices:
     """Every slice of ``series`` preprocessed as the stage does (see the module docstring)."""
     image, masks, geom = resample_series(series, cfg.spacing_mm)
-    u8 = normalise_to_uint8(image, cfg.intensity_percentiles)
-    body = body_mask(image)
+    # the body mask and the window from the series' own voxels, as stage.process_series
+    native = series.image.astype(np.float32, copy=False)
+    body = body_mask(native)
+    u8 = apply_window(image, *intensity_window(native, cfg.intensity_percentiles, body))
+    frac = body_fraction_on_grid(series, cfg, body)
     direction = np.asarray(geom.direction).reshape(3, 3)
     centre_xy = np.array([(geom.size[0] - 1) / 2.0, (geom.size[1] - 1) / 2.0])
     images, z_mm = [], []
@@ -93,5 +91,13 @@ def preprocess_volume(series: Series, cfg: PreprocessConfig) -> VolumeSlices:
         z_mm.append(round(float(point[2]), 3))
     return VolumeSlices(images=np.stack(images) if images else np.zeros((0, cfg.image_size, cfg.image_size), np.uint8),
                         z_mm=np.asarray(z_mm, dtype=float),
-                        body=body,
+                        body_fraction=frac,
                         masks=masks, geometry=geom, square=square, offset=offset)
+
+
+def body_fraction_on_grid(series: Series, cfg: PreprocessConfig, body: np.ndarray | None = None) -> np.ndarray:
+    """(Z,) the share of each 1 mm plane inside the body: the stage's rule (the body mask of the
+    nearest source slice)."""
+    body = body_mask(series.image.astype(np.float32, copy=False)) if body is None else body
+    ref = isotropic_reference(series.geometry, cfg.spacing_mm)
+    return body.reshape(body.shape[0], -1).mean(axis=1)[native_plane_of(series, ref)]
