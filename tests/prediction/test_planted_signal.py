@@ -2,8 +2,11 @@
 follow the primary tumour's volume (what CE-T1WI shows on every tumour slice), the chain synth
 (DICOM) -> cohort -> preprocess -> detector training -> transfer -> head reaches a high validation AUC.
 
-Measured with these settings (seed 3, 40 patients, 20 in validation; oracle AUC 0.95): transfer from
-the 3-epoch detector 0.93, the same head on a scratch extractor 0.85.
+Measured (seed 3, 40 patients, 20 in validation; oracle AUC 0.95): transfer from the 6-epoch
+detector 0.909 (2026-12-01, anchors chosen by coverage). With a 3-epoch detector the AUC swung
+between 0.64 and 0.93 across detector set-ups (0.848 with today's anchors), about where a scratch
+extractor lands (0.85): 20 validation patients leave wide sampling noise, so the detector is
+trained long enough for its features to carry the signal.
 """
 import dataclasses
 
@@ -26,9 +29,10 @@ def test_planted_tumour_volume_signal_reaches_validation_auc_085(tmp_path, monke
                                 "preprocess.sequences=[CE-T1WI]", "preprocess.val_fraction=0.5", "device=cpu",
                                 "prediction.finetune=head", "prediction.epochs=30", "prediction.batch_size=64",
                                 "prediction.lr=0.003"])
+    # 100 test proposals keep the validation pass cheap
     config = dataclasses.replace(config, detection=DetectionConfig(
-        backbone="resnet18", fpn_channels=32, box_batch_size=64, epochs=3, batch_size=4, lr=0.02,
-        warmup_iters=5, lr_steps=(), amp=False, max_train_images=64, eval_every=0))
+        backbone="resnet18", fpn_channels=32, box_batch_size=64, epochs=6, batch_size=4, lr=0.02,
+        warmup_iters=5, lr_steps=(), amp=False, max_train_images=64, eval_every=0, rpn_proposals_test=100))
     cohort = tmp_path / "cohort"
     write_cohort(cohort, dataclasses.replace(config.synth, patients=40, seed=3))
     run = tmp_path / "run"
