@@ -27,11 +27,11 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from npc_msom.config import DetectionConfig
+from npc_msom.detection.roi_align import SparseMultiScaleRoIAlign
 from npc_msom.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -257,10 +257,11 @@ def build_model(config: DetectionConfig, num_classes: int = 3, image_size: int =
         # box side of roi_canonical_scale (224 px by default, as torchvision's)
         # (roi_sampling_ratio points per bin side: torchvision's 2; 1 in the demo, whose bins are under
         # a feature pixel)
-        "box_roi_pool": MultiScaleRoIAlign(["0", "1", "2", "3"], 7, config.roi_sampling_ratio,
-                                           canonical_scale=canonical),
-        "mask_roi_pool": MultiScaleRoIAlign(["0", "1", "2", "3"], 14, config.roi_sampling_ratio,
-                                            canonical_scale=canonical),
+        # (SparseMultiScaleRoIAlign: the same pooling as one sparse product on CPUs, roi_align.py)
+        "box_roi_pool": SparseMultiScaleRoIAlign(["0", "1", "2", "3"], 7, config.roi_sampling_ratio,
+                                                 canonical_scale=canonical),
+        "mask_roi_pool": SparseMultiScaleRoIAlign(["0", "1", "2", "3"], 14, config.roi_sampling_ratio,
+                                                  canonical_scale=canonical),
         # torchvision's defaults at 256 channels; narrower in tests and the demo
         "mask_head": MaskRCNNHeads(channels, (channels,) * 4, 1),
         "mask_predictor": MaskRCNNPredictor(channels, channels, num_classes),
