@@ -58,6 +58,27 @@ def test_flip_moves_boxes_with_masks_and_is_seeded(toy_run):
     assert not torch.equal(image, other)
 
 
+def test_decoded_samples_are_cached_and_unchanged_by_use(toy_run, monkeypatch):
+    import npc_msom.detection.data as data
+    coco = read_coco(toy_run / "preprocessed" / SEQ / "coco_train.json")
+    uncached = [SliceDataset(coco, augment=True, seed=2, cache_mb=0)[(1, i)] for i in range(len(coco))]
+    reads = []
+    real = data.load_slice
+    monkeypatch.setattr(data, "load_slice", lambda p: reads.append(p) or real(p))
+    ds = SliceDataset(coco, augment=True, seed=2)
+    for epoch in (0, 1, 1):
+        samples = [ds[(epoch, i)] for i in range(len(coco))]
+        for (im, t), (im0, t0) in zip(samples, uncached):
+            if epoch == 1:  # the same augmentation as without the cache
+                assert torch.equal(im, im0) and all(torch.equal(t[k], t0[k]) for k in t)
+            im.mul_(0)  # a caller that changes its sample in place does not change the cache
+            t["masks"].zero_()
+    assert len(reads) == len(coco)  # each file decoded once
+    small = SliceDataset(coco, cache_mb=0)
+    small[0], small[0]
+    assert len(reads) == len(coco) + 2  # no room in the cache: decoded each time
+
+
 def test_categories_are_matched_by_name(toy_run, tmp_path):
     """A user's COCO files with other ids and spellings map onto the same labels."""
     src = json.loads((toy_run / "preprocessed" / SEQ / "coco_val.json").read_text())

@@ -120,10 +120,12 @@ def evaluate_detector(model, coco: CocoSlices, device: torch.device | str = "cpu
                                    desc="validation" if show_progress else None):
             image_id = coco.images[i]["id"]
             boxes = out["boxes"].numpy()
-            masks = out["masks"].numpy().astype(np.uint8)
+            # every detection's mask in one pycocotools call: (H, W, N) in Fortran order
+            rles = mask_util.encode(np.asfortranarray(out["masks"].numpy().astype(np.uint8).transpose(1, 2, 0))) \
+                if len(boxes) else []
             for k in range(len(boxes)):
                 x1, y1, x2, y2 = (float(v) for v in boxes[k])
-                rle = mask_util.encode(np.asfortranarray(masks[k]))
+                rle = rles[k]
                 rle["counts"] = rle["counts"].decode("ascii")
                 predictions.append({"image_id": image_id, "category_id": int(out["labels"][k]),
                                     "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(out["scores"][k]),
