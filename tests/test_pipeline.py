@@ -50,3 +50,25 @@ def test_cli_reports_bad_clinical_table_without_traceback(synth_cohort_dir, tmp_
     assert code == 2
     assert "Traceback" not in err
     assert "age" in err and "gender" in err and str(bad) in err
+
+
+def test_stage_clock_places_each_stage_in_the_run(caplog, monkeypatch):
+    import npc_msom.runtime as runtime
+    from npc_msom.pipeline import StageClock
+    seen = {}
+
+    class FakeBar(list):
+        def __init__(self, iterable, desc=None, **kw):
+            super().__init__(iterable)
+            seen["desc"] = desc
+
+    monkeypatch.setattr("tqdm.auto.tqdm", FakeBar)
+    clock = StageClock(["cohort", "preprocess", "detection"])
+    with caplog.at_level("INFO", logger="npc_msom.pipeline"):
+        with clock("detection"):
+            list(runtime.progress(range(3), desc="CE-T1WI epoch 1/4"))
+    assert seen["desc"] == "[3/3 detection] CE-T1WI epoch 1/4"
+    assert "stage 3/3 detection: started (run time 0:00)" in caplog.text
+    assert "detection" in clock.seconds
+    list(runtime.progress(range(2), desc="outside"))
+    assert seen["desc"] == "outside"  # the label ends with its stage

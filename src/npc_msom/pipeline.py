@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence
 
 from npc_msom.config import Config, dump_config
-from npc_msom.runtime import environment_record, setup_logging, write_json_atomic, write_text_atomic
+from npc_msom.runtime import (environment_record, setup_logging, stage_label, write_json_atomic,
+                              write_text_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -162,18 +164,30 @@ FORCEABLE: tuple[str, ...] = ("preprocess", "detection", "prediction", "evaluati
 
 
 class StageClock:
-    """Logs each stage's start and end and keeps its wall seconds (``run_summary.json``: seconds)."""
+    """Logs each stage's start and end with its place in the run and the run's time so far, keeps
+    its wall seconds (``run_summary.json``: seconds) and prefixes the stage's progress bars with
+    "[i/n stage]"."""
 
-    def __init__(self):
+    def __init__(self, planned: Sequence[str] = ()):
         self.seconds: dict[str, float] = {}
+        self.planned = list(planned)
+        self.t_start = time.perf_counter()
 
     @contextlib.contextmanager
     def __call__(self, name: str):
-        log.info("stage %s: started", name)
+        where = f"{self.planned.index(name) + 1}/{len(self.planned)} " if name in self.planned else ""
+        log.info("stage %s%s: started (run time %s)", where, name, _clock(time.perf_counter() - self.t_start))
         t0 = time.perf_counter()
-        yield
+        with stage_label(f"[{where}{name}]"):
+            yield
         self.seconds[name] = round(time.perf_counter() - t0, 1)
-        log.info("stage %s: done in %.1f s", name, self.seconds[name])
+        log.info("stage %s%s: done in %.1f s (run time %s)", where, name, self.seconds[name],
+                 _clock(time.perf_counter() - self.t_start))
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}:{s:02d}"
 
 
 def run(config: Config, cohort_dir: str | Path, run_dir: str | Path, *,
@@ -183,7 +197,7 @@ def run(config: Config, cohort_dir: str | Path, run_dir: str | Path, *,
     -> report."""
     run_dir = start_run(config, run_dir)
     done: dict = {}
-    clock = StageClock()
+    clock = StageClock(["cohort"] + [s for s in STAGES if s in stages])
     with clock("cohort"):
         cohort = load_cohort_stage(config, cohort_dir, run_dir, clinical)
     done["cohort"] = {"patients": len(cohort.patient_ids)}

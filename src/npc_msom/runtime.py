@@ -1,6 +1,7 @@
 """Device choice, seeding, environment record, atomic writes, logging and progress bars."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -159,9 +160,26 @@ def check_settings(old: dict | None, new: dict, *, where: str | Path, force: boo
                              f"rerun with {how_to_force} to redo it, or use another run folder")
 
 
+# the stage that ``npc-msom run`` is in, e.g. "[3/7 detection]": every progress bar starts with it
+_STAGE_LABELS: list[str] = []
+
+
+@contextlib.contextmanager
+def stage_label(label: str):
+    """Prefixes every progress bar opened inside with ``label`` (the whole run's position)."""
+    _STAGE_LABELS.append(label)
+    try:
+        yield
+    finally:
+        _STAGE_LABELS.pop()
+
+
 def progress(iterable: Iterable, **kwargs):
-    """tqdm progress bar, switched off when not on a terminal or in CI."""
+    """tqdm progress bar (with its ETA), switched off when not on a terminal or in CI; inside
+    :func:`stage_label` its description starts with the run's stage."""
     from tqdm.auto import tqdm
+    if _STAGE_LABELS:
+        kwargs["desc"] = f"{_STAGE_LABELS[-1]} {kwargs.get('desc') or ''}".rstrip()
     disable = kwargs.pop("disable", None)
     if disable is None:
         disable = bool(os.environ.get("CI")) or not sys.stderr.isatty()

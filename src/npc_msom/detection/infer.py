@@ -102,8 +102,8 @@ def coco_ground_truth(coco: CocoSlices) -> tuple[list[dict], list[dict]]:
 
 @torch.inference_mode()
 def evaluate_detector(model, coco: CocoSlices, device: torch.device | str = "cpu", *,
-                      batch_size: int = 4, amp: bool = False, show_progress: bool = True
-                      ) -> tuple[DetectionMetrics, list[dict]]:
+                      batch_size: int = 4, amp: bool = False, show_progress: bool = True,
+                      desc: str = "validation") -> tuple[DetectionMetrics, list[dict]]:
     """AP@0.5 etc. of ``model`` on every slice of ``coco`` (negatives included).
 
     Returns the metrics and the COCO-format predictions (image_id, category_id = label, bbox xywh,
@@ -117,7 +117,7 @@ def evaluate_detector(model, coco: CocoSlices, device: torch.device | str = "cpu
         paths = [coco.image_path(i) for i in range(len(coco))]
         slices = _LazySlices(paths)
         for i, out in _raw_batches(model, slices, torch.device(device), batch_size, amp,
-                                   desc="validation" if show_progress else None):
+                                   desc=desc if show_progress else None):
             image_id = coco.images[i]["id"]
             boxes = out["boxes"].numpy()
             # every detection's mask in one pycocotools call: (H, W, N) in Fortran order

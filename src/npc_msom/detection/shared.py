@@ -125,7 +125,8 @@ def evaluate_sequence(config: Config, run_dir: Path, sequence: str, checkpoint: 
     model, meta = load_detector(checkpoint, device)
     if list(meta["class_names"]) != list(val_set.class_names):
         val_set = read_coco(run_dir / "preprocessed" / sequence / "coco_val.json", class_names=meta["class_names"])
-    metrics, _ = evaluate_detector(model, val_set, device, batch_size=max(1, config.detection.batch_size))
+    metrics, _ = evaluate_detector(model, val_set, device, batch_size=max(1, config.detection.batch_size),
+                                   desc=f"{sequence} validation")
     shared_summary = json.loads((checkpoint.parent / "metrics.json").read_text()) \
         if (checkpoint.parent / "metrics.json").is_file() else {}
     summary = {**metrics.to_dict(), "sequence": sequence, "detector": str(checkpoint.relative_to(run_dir)),

@@ -141,7 +141,7 @@ SYNC_EVERY = 20
 
 def train_one_epoch(model, optimizer, scheduler, loader, device: torch.device, *, scaler=None,
                     dtype: torch.dtype | None = None, grad_clip: float = 0.0, epoch: int = 0, epochs: int = 1,
-                    show_progress: bool = True) -> dict[str, float]:
+                    show_progress: bool = True, label: str = "") -> dict[str, float]:
     """One pass over ``loader``; the scheduler steps every iteration.
 
     dtype: autocast type (see :func:`amp_dtype`; None = full precision); ``scaler`` (a GradScaler)
@@ -156,7 +156,7 @@ def train_one_epoch(model, optimizer, scheduler, loader, device: torch.device, *
     n_images, n_iters = 0, 0
     scaling = scaler is not None and scaler.is_enabled()
     pending: list[tuple[torch.Tensor, int]] = []
-    bar = progress(loader, desc=f"epoch {epoch + 1}/{epochs}", total=len(loader), leave=False,
+    bar = progress(loader, desc=f"{label} epoch {epoch + 1}/{epochs}".strip(), total=len(loader), leave=False,
                    **({} if show_progress else {"disable": True}))
 
     def flush() -> None:
@@ -405,7 +405,7 @@ def _train(config, det, images_dir, coco_train, coco_val, out_dir, resume, devic
         sampler.set_epoch(epoch)
         stats = train_one_epoch(ddp_model, optimizer, scheduler, loader, device, scaler=scaler, dtype=dtype,
                                 grad_clip=det.grad_clip, epoch=epoch, epochs=det.epochs,
-                                show_progress=info.is_main)
+                                show_progress=info.is_main, label=sequence)
         if info.enabled:
             keys = sorted(stats)
             t = torch.tensor([stats[k] for k in keys], dtype=torch.float64,
