@@ -199,3 +199,21 @@ def test_validation_patients_always_get_a_tumour_free_slice(tmp_path):
     assert all(per[p] == 0 for p in split["train"])
     neg = slices[slices["negative"]]
     assert not (neg["has_gtv"] | neg["has_gtvln"]).any()
+
+
+def test_two_worker_processes_write_what_one_process_writes(tmp_path):
+    class Unpicklable(FakeCohort):
+        def __reduce__(self):
+            raise AssertionError("the cohort must reach the workers by fork, not with each job")
+
+    base = ["preprocess.image_size=48", "preprocess.val_fraction=0.34", "preprocess.slice_step=3"]
+    preprocess(load_config(None, base + ["preprocess.workers=1"]), FakeCohort(), tmp_path / "one")
+    preprocess(load_config(None, base + ["preprocess.workers=2"]), Unpicklable(), tmp_path / "two")
+    for seq in ("T1WI", "T2WI", "CE-T1WI"):
+        for name in ("coco_train.json", "coco_val.json", "slices.csv"):
+            assert (tmp_path / "one" / seq / name).read_bytes() == (tmp_path / "two" / seq / name).read_bytes()
+        images = sorted(p.name for p in (tmp_path / "one" / seq / "images").iterdir())
+        assert images and images == sorted(p.name for p in (tmp_path / "two" / seq / "images").iterdir())
+        for n in images:
+            one, two = (tmp_path / d / seq / "images" / n for d in ("one", "two"))
+            assert one.read_bytes() == two.read_bytes()

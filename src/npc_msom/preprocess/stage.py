@@ -135,9 +135,21 @@ def _patient_done(out_dir: Path, sequences, pid: str, key: str) -> bool:
     return True
 
 
+# The cohort of the worker processes: inherited at fork (Pool's initializer), never pickled. Sent
+# with each job, its index of every file and structure set was pickled by the main process and
+# unpickled by a worker 186 times in the demo, which kept the main process at half a core.
+_WORKER_COHORT = None
+
+
+def _init_worker(cohort) -> None:
+    global _WORKER_COHORT
+    _WORKER_COHORT = cohort
+
+
 def _process_patient(args) -> list[dict]:
     """Worker: load one patient, write its images and per-patient records; returns skips."""
     cohort, pid, cfg, seed, out_dir, key, negatives = args
+    cohort = _WORKER_COHORT if cohort is None else cohort
     skipped = []
     try:
         patient = cohort.load_patient(pid)
@@ -214,11 +226,12 @@ def preprocess(config: Config, cohort, out_dir: str | Path, *, force: bool = Fal
         log.info("preprocess: %d of %d patients already done, resuming", len(ids) - len(todo), len(ids))
     skipped: list[dict] = []
     val = set(split["val"])
-    jobs = [(cohort, pid, cfg, config.seed, out_dir, key,
+    parallel = cfg.workers > 1 and len(todo) > 1
+    jobs = [(None if parallel else cohort, pid, cfg, config.seed, out_dir, key,
              max(cfg.negatives_per_patient, cfg.val_negatives) if pid in val else cfg.negatives_per_patient)
             for pid in todo]
-    if cfg.workers > 1 and len(jobs) > 1:
-        with mp.get_context("fork").Pool(cfg.workers) as pool:
+    if parallel:
+        with mp.get_context("fork").Pool(cfg.workers, initializer=_init_worker, initargs=(cohort,)) as pool:
             for s in progress(pool.imap_unordered(_process_patient, jobs), total=len(jobs), desc="preprocess"):
                 skipped += s
     else:
