@@ -121,7 +121,7 @@ def test_unscorable_patients_keep_their_row_and_reason():
 class _FakeCohort:
     """Three patients with a ball GTV on a 2 mm grid; one has an empty GTV, one breaks PyRadiomics."""
 
-    def load_patient(self, pid):
+    def load_patient(self, pid, sequences=None):
         n = 24
         mask = _ball(6.0, n) if pid != "EMPTY" else np.zeros((n, n, n), bool)
         image = np.random.default_rng(0).normal(100, 10, (n, n, n)).astype(np.float32)

@@ -152,6 +152,10 @@ def test_empty_node_roi_is_a_warning(tmp_path):
     w2 = cohort.manifest["patients"]["P002"]["sequences"]["T2WI"]["warnings"]
     assert any("'GTVnd_R2' is empty" in w and "comes from the other ROI" in w for w in w2), w2
     assert set(cohort.load_patient("P002").series["T2WI"].masks) == {"GTV", "GTVln"}
+    # one sequence read alone is the same series
+    alone = cohort.load_patient("P002", ["T2WI"])
+    assert list(alone.series) == ["T2WI"] and set(alone.series["T2WI"].masks) == {"GTV", "GTVln"}
+    np.testing.assert_array_equal(alone.series["T2WI"].image, cohort.load_patient("P002").series["T2WI"].image)
 
 
 def test_no_roi_for_the_primary(tmp_path):

@@ -137,7 +137,7 @@ def _extract_patient(args) -> tuple[str, dict[str, dict]]:
     from npc_msom.preprocess.resample import resample_series
     out: dict[str, dict] = {}
     try:
-        patient = _WORKER_COHORT.load_patient(pid)
+        patient = _WORKER_COHORT.load_patient(pid, sequences)
     except Exception as e:  # noqa: BLE001 - one bad patient must not stop the others
         log.error("radiomics: patient %s could not be read: %s", pid, e)
         return pid, {seq: {"note": f"could not read the patient: {e}", "error": True} for seq in sequences}

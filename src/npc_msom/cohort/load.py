@@ -13,7 +13,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import pandas as pd
 
@@ -60,8 +60,12 @@ class Cohort:
         """Whether bad input is recorded and skipped (``CohortConfig.skip_bad``) or raised."""
         return bool(self.config.skip_bad)
 
-    def load_patient(self, patient_id: str) -> Patient:
-        """Read one patient's images and masks: Series per sequence, clinical dict, Outcome."""
+    def load_patient(self, patient_id: str, sequences: Sequence[str] | None = None) -> Patient:
+        """Read one patient's images and masks: Series per sequence, clinical dict, Outcome.
+
+        sequences: read only these (default: every sequence the patient has); a caller that needs
+        one sequence (the radiomics comparison model on CE-T1WI) does not read the others' pixels
+        and structure sets."""
         entry = self._entries.get(patient_id)
         if entry is None:
             skipped = [s for s in self.manifest.get("skipped", []) if s.get("patient") == patient_id]
@@ -69,10 +73,11 @@ class Cohort:
             raise CohortError(f"patient {patient_id!r} is not a usable patient of this cohort{why}",
                               patient=patient_id, file=self.root,
                               expected=f"one of {len(self.patient_ids)} patient IDs")
+        wanted = tuple(SEQUENCES) if sequences is None else tuple(sequences)
         if entry.source == "nifti":
-            series = _load_nifti(entry)
+            series = _load_nifti(entry, wanted)
         else:
-            series = _load_dicom(entry, self.config)
+            series = _load_dicom(entry, self.config, wanted)
         rec = clin.clinical_record(self.clinical, patient_id)
         return Patient(patient_id=patient_id, series=series, clinical=rec,
                        outcome=clin.outcome_from_record(rec))
@@ -92,10 +97,10 @@ class Cohort:
 # ---------------------------------------------------------------------------------------------
 # Loading pixels
 # ---------------------------------------------------------------------------------------------
-def _load_dicom(entry: Entry, config: CohortConfig) -> dict[str, Series]:
+def _load_dicom(entry: Entry, config: CohortConfig, sequences: Sequence[str] = SEQUENCES) -> dict[str, Series]:
     out: dict[str, Series] = {}
     for seq in SEQUENCES:
-        if seq not in entry.dicom:
+        if seq not in entry.dicom or seq not in sequences:
             continue
         ds = entry.dicom[seq]
         s = ds.series
@@ -120,10 +125,10 @@ def _load_dicom(entry: Entry, config: CohortConfig) -> dict[str, Series]:
     return out
 
 
-def _load_nifti(entry: Entry) -> dict[str, Series]:
+def _load_nifti(entry: Entry, sequences: Sequence[str] = SEQUENCES) -> dict[str, Series]:
     out: dict[str, Series] = {}
     for seq in SEQUENCES:
-        if entry.nifti is None or seq not in entry.nifti.sequences:
+        if entry.nifti is None or seq not in entry.nifti.sequences or seq not in sequences:
             continue
         ns = entry.nifti.sequences[seq]
         image, geometry, masks = nii.load_sequence(ns, patient=entry.patient_id)
