@@ -197,6 +197,72 @@ def _anchor_coverage(presets: dict) -> dict | None:
     return out
 
 
+# Settings compared by AP@0.5 against CPU minutes (``--ap-vs-cost``): (name, --set overrides, the
+# sequences trained on; one detector each when "per_sequence"). All start from the demo preset.
+AP_VS_COST = (
+    ("demo: one detector for 3 sequences, 128 px, 450 slices x 4 epochs", [], "shared"),
+    ("one detector per sequence (CE-T1WI), 450 slices x 4 epochs", ["detection.shared=false"], ("CE-T1WI",)),
+    ("shared, 8 epochs", ["detection.epochs=8"], "shared"),
+    ("shared, input_scale 2 (256 px seen; anchor coverage 92%)", ["detection.input_scale=2.0"], "shared"),
+)
+
+
+def ap_versus_cost(run_dir: Path, variants=AP_VS_COST, out_dir: Path | None = None,
+                   evaluate: list[str] | None = None) -> dict:
+    """Trains each variant on ``run_dir``'s preprocessed slices (the demo's 186-patient cohort) and
+    evaluates it on each sequence's validation slices: AP@0.5 (GTV, GTVln) against the CPU minutes of
+    training (process time, every thread) and of validation, per sequence. Nothing of the run is
+    changed: detectors go to a temporary folder (or ``out_dir``). ``evaluate``: only these sequences'
+    validation slices (default: every sequence trained on)."""
+    import torch
+
+    from npc_msom.config import SEQUENCES, load_config
+    from npc_msom.detection.data import read_coco
+    from npc_msom.detection.infer import evaluate_detector
+    from npc_msom.detection.shared import merge_coco
+    from npc_msom.detection.train import train_detector
+    from npc_msom.runtime import write_json_atomic
+
+    pre = run_dir / "preprocessed"
+    seqs = [s for s in SEQUENCES if (pre / s / "coco_train.json").is_file()]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(out_dir or tmp)
+        for i, (name, overrides, trained_on) in enumerate(variants):
+            config = load_config(ROOT / "configs" / "demo.yaml", ["detection.workers=0", *overrides])
+            on = seqs if trained_on == "shared" else [s for s in trained_on if s in seqs]
+            work = base / f"variant{i}"
+            work.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(work / "coco_train.json", merge_coco(run_dir, on, "train"))
+            write_json_atomic(work / "coco_val.json", {**merge_coco(run_dir, on[:1], "val"), "images": [],
+                                                       "annotations": []})
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            res = train_detector(config, images_dir=pre, coco_train=work / "coco_train.json",
+                                 coco_val=work / "coco_val.json", out_dir=work, resume=False,
+                                 device=torch.device("cpu"), sequence="+".join(on))
+            train_cpu, train_wall = time.process_time() - cpu0, time.perf_counter() - wall0
+            from npc_msom.detection.model import load_detector
+            model, _ = load_detector(res.checkpoint_last, "cpu")
+            per_seq = {}
+            for seq in [s for s in on if evaluate is None or s in evaluate]:
+                val = read_coco(pre / seq / "coco_val.json")
+                cpu0 = time.process_time()
+                metrics, _ = evaluate_detector(model, val, "cpu", batch_size=config.detection.batch_size,
+                                               show_progress=False, masks=config.detection.val_masks)
+                per_seq[seq] = {"ap50": metrics.ap50, "mask_map50": metrics.mask_map50,
+                                "ap50_by_size": metrics.ap50_by_size,
+                                "val_slices": len(val), "val_cpu_min": round((time.process_time() - cpu0) / 60, 2)}
+            row = {"variant": name, "overrides": overrides, "trained_on": on,
+                   "train_slices": res.metrics.get("n_train_images"), "epochs": config.detection.epochs,
+                   "train_cpu_min": round(train_cpu / 60, 2), "train_wall_min": round(train_wall / 60, 2),
+                   "train_cpu_min_per_sequence": round(train_cpu / 60 / len(on), 2),
+                   "train_images_per_s": res.metrics.get("train_images_per_s"), "sequences": per_seq}
+            log.info("ap vs cost: %s", json.dumps(row))
+            rows.append(row)
+    return {"cohort": str(run_dir), "threads": torch.get_num_threads(), "rows": rows,
+            "goal": "demo point: CE-T1WI GTV >= 0.85 and GTVln >= 0.60 within 3 CPU minutes per sequence"}
+
+
 def run(quick: bool = False) -> dict:
     import torch
 
@@ -221,13 +287,31 @@ def run(quick: bool = False) -> dict:
     else:
         out["cuda_paper_preset"] = None
     out["demo_ap50"] = _demo_ap()
+    # AP@0.5 against CPU minutes on the demo run's 186-patient cohort (~30 min on 2 cores)
+    demo_run = ROOT / "runs" / "demo"
+    out["ap_vs_cost"] = (ap_versus_cost(demo_run) if not quick and (demo_run / "preprocessed" / "split.json").is_file()
+                         else None)
     from npc_msom.config import Config
     out["anchor_coverage"] = _anchor_coverage({"demo": demo, "paper": load_config(ROOT / "configs" / "paper.yaml"),
                                                "defaults": Config()})
     return out
 
 
-if __name__ == "__main__":  # python -m benchmarks.bench_detection [--quick]
+if __name__ == "__main__":
+    # python -m benchmarks.bench_detection [--quick]
+    # python -m benchmarks.bench_detection --ap-vs-cost RUN_DIR [VARIANT_INDEX ...] [--out FILE]
     import sys
     logging.basicConfig(level=logging.INFO)
-    sys.stdout.write(json.dumps(run(quick="--quick" in sys.argv), indent=2) + "\n")
+    argv = sys.argv[1:]
+    if argv and argv[0] == "--ap-vs-cost":
+        out_file = Path(argv[argv.index("--out") + 1]) if "--out" in argv else None
+        args = [a for a in argv[1:] if a != "--out" and (out_file is None or a != str(out_file))]
+        picked = [AP_VS_COST[int(i)] for i in args[1:]] or list(AP_VS_COST)
+        result = ap_versus_cost(Path(args[0]), picked)
+        if out_file is not None:
+            old = json.loads(out_file.read_text()) if out_file.is_file() else {}
+            result["rows"] = old.get("rows", []) + result["rows"]
+            out_file.write_text(json.dumps(result, indent=2) + "\n")
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        sys.stdout.write(json.dumps(run(quick="--quick" in sys.argv), indent=2) + "\n")

@@ -57,3 +57,13 @@ def test_shared_detector_trains_once_and_reports_every_sequence(small_run, small
     pipeline.detection_stage(cfg, run)
     assert shared.stat().st_mtime_ns == mtime
     assert before == {s: (run / "detection" / s / "metrics.json").read_text() for s in SEQS}
+    # box AP only (detection.val_masks: false): the sequences are evaluated again, with the same
+    # box AP and no mask AP; the detector is not retrained
+    cfg_boxes = dataclasses.replace(cfg, detection=dataclasses.replace(det, val_masks=False))
+    pipeline.detection_stage(cfg_boxes, run)
+    assert shared.stat().st_mtime_ns == mtime
+    for seq in SEQS:
+        m = json.loads((run / "detection" / seq / "metrics.json").read_text())
+        old = json.loads(before[seq])
+        assert m["ap50"] == old["ap50"] and m["map50"] == old["map50"]
+        assert m["mask_map50"] is None and old["mask_map50"] is not None and m["val_masks"] is False

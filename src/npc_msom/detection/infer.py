@@ -52,7 +52,7 @@ def _raw_batches(model, slices: Sequence, device: torch.device, batch_size: int,
             keep = out["scores"] >= score_threshold
             yield start + j, {"boxes": out["boxes"][keep].float().cpu(), "labels": out["labels"][keep].cpu(),
                               "scores": out["scores"][keep].float().cpu(),
-                              "masks": (out["masks"][keep, 0] > MASK_THRESHOLD).cpu()}
+                              "masks": (out["masks"][keep, 0] > MASK_THRESHOLD).cpu() if "masks" in out else None}
 
 
 def _unwrap(model):
@@ -103,16 +103,21 @@ def coco_ground_truth(coco: CocoSlices) -> tuple[list[dict], list[dict]]:
 @torch.inference_mode()
 def evaluate_detector(model, coco: CocoSlices, device: torch.device | str = "cpu", *,
                       batch_size: int = 4, amp: bool = False, show_progress: bool = True,
-                      desc: str = "validation") -> tuple[DetectionMetrics, list[dict]]:
+                      desc: str = "validation", masks: bool = True) -> tuple[DetectionMetrics, list[dict]]:
     """AP@0.5 etc. of ``model`` on every slice of ``coco`` (negatives included).
 
     Returns the metrics and the COCO-format predictions (image_id, category_id = label, bbox xywh,
-    score, segmentation as compressed RLE with a str ``counts``).
+    score, segmentation as compressed RLE with a str ``counts``). masks: False runs the detector
+    without its mask branch (box AP only, ~40% cheaper on a CPU; ``detection.val_masks``).
     """
     model = _unwrap(model)
     was_training = model.training
     model.eval()
     predictions: list[dict] = []
+    heads = getattr(model, "roi_heads", None)
+    mask_pool = getattr(heads, "mask_roi_pool", None)
+    if not masks and heads is not None:
+        heads.mask_roi_pool = None  # torchvision's RoIHeads: no pooler, no mask branch
     try:
         paths = [coco.image_path(i) for i in range(len(coco))]
         slices = _LazySlices(paths)
@@ -122,15 +127,17 @@ def evaluate_detector(model, coco: CocoSlices, device: torch.device | str = "cpu
             boxes = out["boxes"].numpy()
             # every detection's mask in one pycocotools call: (H, W, N) in Fortran order
             rles = mask_util.encode(np.asfortranarray(out["masks"].numpy().astype(np.uint8).transpose(1, 2, 0))) \
-                if len(boxes) else []
+                if len(boxes) and out["masks"] is not None else [None] * len(boxes)
             for k in range(len(boxes)):
                 x1, y1, x2, y2 = (float(v) for v in boxes[k])
-                rle = rles[k]
-                rle["counts"] = rle["counts"].decode("ascii")
-                predictions.append({"image_id": image_id, "category_id": int(out["labels"][k]),
-                                    "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(out["scores"][k]),
-                                    "segmentation": rle})
+                pred = {"image_id": image_id, "category_id": int(out["labels"][k]),
+                        "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(out["scores"][k])}
+                if rles[k] is not None:
+                    pred["segmentation"] = {**rles[k], "counts": rles[k]["counts"].decode("ascii")}
+                predictions.append(pred)
     finally:
+        if heads is not None:
+            heads.mask_roi_pool = mask_pool
         model.train(was_training)
     images, gt = coco_ground_truth(coco)
     return coco_metrics(images, gt, predictions, coco.class_names), predictions

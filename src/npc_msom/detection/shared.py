@@ -118,7 +118,7 @@ def evaluate_sequence(config: Config, run_dir: Path, sequence: str, checkpoint: 
     sha = _file_sha256(checkpoint)
     if metrics_path.is_file():
         old = json.loads(metrics_path.read_text())
-        if old.get("checkpoint_sha256") == sha:
+        if old.get("checkpoint_sha256") == sha and old.get("val_masks", True) == config.detection.val_masks:
             log.info("%s: validation metrics of this detector already computed", sequence)
             return old
     val_set = read_coco(run_dir / "preprocessed" / sequence / "coco_val.json")
@@ -126,11 +126,12 @@ def evaluate_sequence(config: Config, run_dir: Path, sequence: str, checkpoint: 
     if list(meta["class_names"]) != list(val_set.class_names):
         val_set = read_coco(run_dir / "preprocessed" / sequence / "coco_val.json", class_names=meta["class_names"])
     metrics, _ = evaluate_detector(model, val_set, device, batch_size=max(1, config.detection.batch_size),
-                                   desc=f"{sequence} validation")
+                                   desc=f"{sequence} validation", masks=config.detection.val_masks)
     shared_summary = json.loads((checkpoint.parent / "metrics.json").read_text()) \
         if (checkpoint.parent / "metrics.json").is_file() else {}
     summary = {**metrics.to_dict(), "sequence": sequence, "detector": str(checkpoint.relative_to(run_dir)),
                "checkpoint_sha256": sha, "evaluated_checkpoint": "last", "epochs": meta.get("epoch"),
+               "val_masks": config.detection.val_masks,
                "image_size": meta["image_size"], "backbone": meta["backbone"],
                "trained_on": shared_summary.get("sequence"),
                "settings_digest": shared_summary.get("settings_digest"),

@@ -257,9 +257,10 @@ def make_scheduler(optimizer, det, iters_per_epoch: int):
         gamma=det.lr_gamma))
 
 
-# Settings that cannot change any output: DataLoader processes (every sample's augmentation is
-# seeded by (seed, epoch, index), not by the worker that draws it).
-NO_EFFECT = ("workers",)
+# Settings that cannot change the trained weights: DataLoader processes (every sample's augmentation
+# is seeded by (seed, epoch, index), not by the worker that draws it) and whether validation computes
+# mask AP (metrics made with another val_masks are recomputed from the checkpoint, not retrained).
+NO_EFFECT = ("workers", "val_masks")
 FORCE_HINT = "--force (npc-msom train-detector --force, or npc-msom run --force detection)"
 
 
@@ -422,10 +423,11 @@ def _train(config, det, images_dir, coco_train, coco_val, out_dir, resume, devic
                           images_per_s=stats["images"] / max(stats["seconds"], 1e-9))
             metrics = None
             if len(val_set) and (is_last or (det.eval_every > 0 and (epoch + 1) % det.eval_every == 0)):
-                metrics, _ = evaluate_detector(model, val_set, device, batch_size=per_process, amp=det.amp)
+                metrics, _ = evaluate_detector(model, val_set, device, batch_size=per_process, amp=det.amp,
+                                               masks=det.val_masks)
                 record.update(val_ap50=metrics.ap50, val_map50=metrics.map50, val_map50_95=metrics.map50_95,
                               val_mask_map50=metrics.mask_map50)
-                last_metrics = metrics.to_dict()
+                last_metrics = {**metrics.to_dict(), "val_masks": det.val_masks}
             history.append(record)
             log.info("epoch %d/%d: loss %.4f, %.1f images/s%s", epoch + 1, det.epochs, record["loss"],
                      record["images_per_s"],
@@ -440,6 +442,12 @@ def _train(config, det, images_dir, coco_train, coco_val, out_dir, resume, devic
             dist.barrier()
 
     figure = None
+    if info.is_main and len(val_set) and last_metrics is not None \
+            and last_metrics.get("val_masks", True) != det.val_masks:
+        log.info("%s: validation metrics recomputed with val_masks=%s", out_dir, det.val_masks)
+        metrics, _ = evaluate_detector(model, val_set, device, batch_size=per_process, amp=det.amp,
+                                       masks=det.val_masks)
+        last_metrics = {**metrics.to_dict(), "val_masks": det.val_masks}
     if info.is_main:
         train_speed = [h["images_per_s"] for h in history]
         summary = {**(last_metrics or {}), "sequence": sequence, "evaluated_checkpoint": "last",
