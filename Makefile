@@ -18,7 +18,7 @@ LIGHT := $(VENV)/.light
 $(LIGHT): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet $$($(BIN)/python -c "import re; t = open('pyproject.toml').read(); \
 	  deps = re.search(r'^dependencies = \[(.*?)\]', t, re.S | re.M).group(1); \
-	  print(' '.join(repr(d) for d in re.findall(r'\"([^\"]+)\"', deps) if not d.startswith('torch')))")
+	  print(' '.join(d for d in re.findall(r'\"([^\"]+)\"', deps) if not d.startswith('torch')))")
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(LIGHT)
 
