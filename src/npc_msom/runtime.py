@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import multiprocessing as mp
 import os
 import platform
 import random
@@ -12,7 +13,7 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -184,6 +185,45 @@ def progress(iterable: Iterable, **kwargs):
     if disable is None:
         disable = bool(os.environ.get("CI")) or not sys.stderr.isatty()
     return tqdm(iterable, disable=disable, **kwargs)
+
+
+# What the worker processes of :func:`imap_forked` share: set in each worker by the pool's
+# initializer, so it is inherited at fork and never pickled.
+_FORKED_SHARED: Any = None
+
+
+def _forked_init(shared: Any, initializer: Callable | None, initargs: tuple) -> None:
+    global _FORKED_SHARED
+    _FORKED_SHARED = shared
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _forked_call(func_job: tuple[Callable, Any]) -> Any:
+    func, job = func_job
+    return func(_FORKED_SHARED, job)
+
+
+def imap_forked(func: Callable[[Any, Any], Any], jobs: Iterable, shared: Any, *, workers: int,
+                desc: str | None = None, initializer: Callable | None = None, initargs: tuple = ()) -> Iterator:
+    """``func(shared, job)`` for every job, in ``workers`` forked processes when ``workers > 1`` and
+    there is more than one job (results in the order they finish), else in this process (in order).
+
+    ``shared`` (a cohort index: every file and structure set of 186 patients) reaches the workers at
+    fork and is never pickled: sent with each job, it was pickled by the main process and unpickled
+    by a worker once per patient, which kept the main process busy half a core in the demo. ``func``
+    and the jobs are pickled as usual (module-level functions, small tuples). ``initializer(*initargs)``
+    runs once in each worker (e.g. one ITK thread per process). With a progress bar (``desc``).
+    """
+    jobs = list(jobs)
+    if workers > 1 and len(jobs) > 1:
+        with mp.get_context("fork").Pool(min(workers, len(jobs)), initializer=_forked_init,
+                                          initargs=(shared, initializer, initargs)) as pool:
+            yield from progress(pool.imap_unordered(_forked_call, [(func, j) for j in jobs]),
+                                total=len(jobs), desc=desc)
+    else:
+        for job in progress(jobs, desc=desc):
+            yield func(shared, job)
 
 
 def setup_logging(level: int = logging.INFO, log_file: str | Path | None = None) -> None:

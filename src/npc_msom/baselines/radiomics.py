@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing as mp
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,7 +29,7 @@ import pandas as pd
 
 from npc_msom.cohort.model import Geometry, Series
 from npc_msom.errors import ConfigError, InputError
-from npc_msom.runtime import progress, write_json_atomic
+from npc_msom.runtime import imap_forked, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -121,23 +120,19 @@ def cache_key(params_file: Path, spacing_mm: float, margin_mm: float) -> str:
 
 
 # ---- extraction over a cohort (the only part that reads images) --------------------------------
-_WORKER_COHORT = None
-
-
-def _init_worker(cohort, threads: int) -> None:
-    global _WORKER_COHORT
-    _WORKER_COHORT = cohort
+def _itk_threads(threads: int) -> None:
     import SimpleITK as sitk
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
-def _extract_patient(args) -> tuple[str, dict[str, dict]]:
-    """Worker: one patient, every sequence -> {seq: {"features": {...}} | {"note": why}}."""
+def _extract_patient(cohort, args) -> tuple[str, dict[str, dict]]:
+    """Worker (:func:`~npc_msom.runtime.imap_forked`): one patient, every sequence ->
+    {seq: {"features": {...}} | {"note": why}}."""
     pid, sequences, params_file, spacing_mm, margin_mm = args
     from npc_msom.preprocess.resample import resample_series
     out: dict[str, dict] = {}
     try:
-        patient = _WORKER_COHORT.load_patient(pid, sequences)
+        patient = cohort.load_patient(pid, sequences)
     except Exception as e:  # noqa: BLE001 - one bad patient must not stop the others
         log.error("radiomics: patient %s could not be read: %s", pid, e)
         return pid, {seq: {"note": f"could not read the patient: {e}", "error": True} for seq in sequences}
@@ -211,20 +206,10 @@ def extract_cohort(cohort, patient_ids: list[str], sequences: list[str], cache_d
                 write_json_atomic(cache_dir / seq / f"{pid}.json", {"key": key, "patient_id": pid,
                                                                     "sequence": seq, "result": res})
 
-    if workers > 1:
-        # fork: the cohort index is inherited, not pickled; one ITK thread per process
-        with mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(cohort, 1)) as pool:
-            for pid, per_seq in progress(pool.imap_unordered(_extract_patient, jobs), total=len(jobs),
-                                         desc="radiomics"):
-                store(pid, per_seq)
-    elif jobs:
-        global _WORKER_COHORT
-        _WORKER_COHORT = cohort
-        try:
-            for job in progress(jobs, desc="radiomics"):
-                store(*_extract_patient(job))
-        finally:
-            _WORKER_COHORT = None
+    # the workers inherit the cohort index at fork (not pickled); one ITK thread per process
+    for pid, per_seq in imap_forked(_extract_patient, jobs, cohort, workers=workers, desc="radiomics",
+                                    initializer=_itk_threads, initargs=(1,)):
+        store(pid, per_seq)
     if stats is not None:
         stats.update({"extracted_patients": len(todo), "cached_patients": len(patient_ids) - len(todo),
                       "sequences": len(sequences), "workers": workers,

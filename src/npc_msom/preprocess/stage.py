@@ -18,7 +18,6 @@ import hashlib
 import io
 import json
 import logging
-import multiprocessing as mp
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from npc_msom.preprocess.intensity import apply_window, body_mask, intensity_win
 from npc_msom.preprocess.resample import isotropic_reference, native_plane_of, resample_mask, resample_planes
 from npc_msom.preprocess.slices import pad_to_square, resize_image, resize_instances, select_slices
 from npc_msom.preprocess.split import repeated_kfold, split_settings, train_val_split
-from npc_msom.runtime import atomic_path, check_settings, progress, write_json_atomic, write_text_atomic
+from npc_msom.runtime import atomic_path, check_settings, imap_forked, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -135,21 +134,10 @@ def _patient_done(out_dir: Path, sequences, pid: str, key: str) -> bool:
     return True
 
 
-# The cohort of the worker processes: inherited at fork (Pool's initializer), never pickled. Sent
-# with each job, its index of every file and structure set was pickled by the main process and
-# unpickled by a worker 186 times in the demo, which kept the main process at half a core.
-_WORKER_COHORT = None
-
-
-def _init_worker(cohort) -> None:
-    global _WORKER_COHORT
-    _WORKER_COHORT = cohort
-
-
-def _process_patient(args) -> list[dict]:
-    """Worker: load one patient, write its images and per-patient records; returns skips."""
-    cohort, pid, cfg, seed, out_dir, key, negatives = args
-    cohort = _WORKER_COHORT if cohort is None else cohort
+def _process_patient(cohort, args) -> list[dict]:
+    """Worker (:func:`~npc_msom.runtime.imap_forked`): load one patient, write its images and
+    per-patient records; returns skips."""
+    pid, cfg, seed, out_dir, key, negatives = args
     skipped = []
     try:
         patient = cohort.load_patient(pid)
@@ -226,17 +214,12 @@ def preprocess(config: Config, cohort, out_dir: str | Path, *, force: bool = Fal
         log.info("preprocess: %d of %d patients already done, resuming", len(ids) - len(todo), len(ids))
     skipped: list[dict] = []
     val = set(split["val"])
-    parallel = cfg.workers > 1 and len(todo) > 1
-    jobs = [(None if parallel else cohort, pid, cfg, config.seed, out_dir, key,
+    jobs = [(pid, cfg, config.seed, out_dir, key,
              max(cfg.negatives_per_patient, cfg.val_negatives) if pid in val else cfg.negatives_per_patient)
             for pid in todo]
-    if parallel:
-        with mp.get_context("fork").Pool(cfg.workers, initializer=_init_worker, initargs=(cohort,)) as pool:
-            for s in progress(pool.imap_unordered(_process_patient, jobs), total=len(jobs), desc="preprocess"):
-                skipped += s
-    else:
-        for job in progress(jobs, desc="preprocess"):
-            skipped += _process_patient(job)
+    # the workers inherit the cohort at fork (imap_forked), it is not pickled with every patient
+    for s in imap_forked(_process_patient, jobs, cohort, workers=cfg.workers, desc="preprocess"):
+        skipped += s
     # a patient skipped while its pixels loaded (skip_bad) has no records: it is left out of the
     # COCO files and slices.csv (it stays in split.json, so the split does not change when it is
     # fixed) and is tried again by the next run
