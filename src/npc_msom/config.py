@@ -132,6 +132,7 @@ class DetectionConfig:
     trainable_layers: int = -1   # -1 = 3 with weights (MMDetection frozen_stages=1), else 5
     fpn_channels: int = 256      # FPN and mask-head width (256 in the study; smaller in tests)
     box_batch_size: int = 512    # RoIs sampled per image for the box head (MMDetection: 512)
+    box_head_dim: int = 1024     # width of the box head's two fully connected layers (MMDetection, torchvision: 1024)
     augment: bool = True
     flip_prob: float = 0.5
     intensity_jitter: float = 0.1  # gamma in [1/(1+2j), 1+2j], contrast 1 +- j, brightness +- j/2

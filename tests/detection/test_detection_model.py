@@ -28,6 +28,29 @@ def test_paper_settings_of_the_model():
     assert all(p.requires_grad for p in m.backbone.body.parameters())
 
 
+def test_box_head_width_is_a_setting_and_the_default_is_torchvisions():
+    from torchvision.models.detection.faster_rcnn import TwoMLPHead
+    default = build_model(DetectionConfig(backbone="resnet18", fpn_channels=32), image_size=64)
+    head = default.roi_heads.box_head
+    assert isinstance(head, TwoMLPHead)
+    assert (head.fc6.in_features, head.fc6.out_features, head.fc7.out_features) == (32 * 7 * 7, 1024, 1024)
+    narrow = build_model(DetectionConfig(backbone="resnet18", fpn_channels=32, box_head_dim=64), image_size=64)
+    assert narrow.roi_heads.box_head.fc6.out_features == narrow.roi_heads.box_head.fc7.out_features == 64
+    assert narrow.roi_heads.box_predictor.cls_score.in_features == 64
+    assert narrow.roi_heads.box_predictor.bbox_pred.in_features == 64
+    # it trains: one step on a slice with a box gives finite losses for every head
+    narrow.train()
+    image = torch.rand(1, 64, 64)
+    target = {"boxes": torch.tensor([[10.0, 12.0, 30.0, 34.0]]), "labels": torch.tensor([1]),
+              "masks": torch.zeros(1, 64, 64, dtype=torch.uint8)}
+    target["masks"][0, 12:34, 10:30] = 1
+    losses = narrow([image], [target])
+    assert set(losses) >= {"loss_classifier", "loss_box_reg", "loss_mask"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    with pytest.raises(ConfigError, match="box_head_dim"):
+        build_model(DetectionConfig(backbone="resnet18", fpn_channels=32, box_head_dim=0), image_size=64)
+
+
 def test_anchor_sizes_are_twice_the_stride_at_three_octave_scales():
     from npc_msom.detection.model import make_anchor_generator, roi_canonical_scale
     cfg = DetectionConfig()

@@ -21,7 +21,7 @@ from torch import nn
 from torchvision.models import resnet18, resnet34, resnet50
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
@@ -247,12 +247,14 @@ def build_model(config: DetectionConfig, num_classes: int = 3, image_size: int =
 
     if config.input_scale <= 0:
         raise ConfigError(f"detection.input_scale: expected a positive factor, got {config.input_scale}")
+    if int(config.box_head_dim) < 1:
+        raise ConfigError(f"detection.box_head_dim: expected a positive width, got {config.box_head_dim}")
     net_size = int(round(image_size * config.input_scale))  # the side the network sees
     anchors = make_anchor_generator(config, net_size)
     canonical = roi_canonical_scale(config, net_size)
     extra: dict[str, Any] = {
         "rpn_head": Fp32RPNHead(channels, anchors.num_anchors_per_location()[0]),
-        "box_predictor": Fp32BoxPredictor(1024, num_classes),  # TwoMLPHead's 1024 features
+        "box_predictor": Fp32BoxPredictor(int(config.box_head_dim), num_classes),
         # torchvision's poolers (7 px boxes, 14 px masks, P2..P5) with the level mapper's canonical
         # box side of roi_canonical_scale (224 px by default, as torchvision's)
         # (roi_sampling_ratio points per bin side: torchvision's 2; 1 in the demo, whose bins are under
@@ -266,6 +268,10 @@ def build_model(config: DetectionConfig, num_classes: int = 3, image_size: int =
         "mask_head": MaskRCNNHeads(channels, (channels,) * 4, 1),
         "mask_predictor": MaskRCNNPredictor(channels, channels, num_classes),
     }
+    # TwoMLPHead (RoI 7 x 7 x channels -> fc6 -> fc7), box_head_dim wide (1024 in torchvision and
+    # MMDetection; at 1024 fc6 is the largest single cost of a CPU training step). Made last, where
+    # torchvision's MaskRCNN makes it, so that every module is initialised as before this option.
+    extra["box_head"] = TwoMLPHead(channels * 7 * 7, int(config.box_head_dim))
     model = MaskRCNN(
         backbone,
         num_classes=None,
