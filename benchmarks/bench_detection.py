@@ -297,21 +297,32 @@ def run(quick: bool = False) -> dict:
     return out
 
 
-if __name__ == "__main__":
-    # python -m benchmarks.bench_detection [--quick]
-    # python -m benchmarks.bench_detection --ap-vs-cost RUN_DIR [VARIANT_INDEX ...] [--out FILE]
+def main(argv=None) -> None:
+    """``python -m benchmarks.bench_detection [--quick]``, or
+    ``--ap-vs-cost RUN_DIR [VARIANT_INDEX ...] [--out FILE]`` (rows appended to FILE)."""
+    import argparse
     import sys
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_detection")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--ap-vs-cost", metavar="RUN_DIR", type=Path,
+                   help="train the AP_VS_COST variants on this run folder's preprocessed slices")
+    p.add_argument("variants", nargs="*", type=int, help="indices into AP_VS_COST (default: all)")
+    p.add_argument("--out", type=Path, help="JSON file the --ap-vs-cost rows are appended to")
+    args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    argv = sys.argv[1:]
-    if argv and argv[0] == "--ap-vs-cost":
-        out_file = Path(argv[argv.index("--out") + 1]) if "--out" in argv else None
-        args = [a for a in argv[1:] if a != "--out" and (out_file is None or a != str(out_file))]
-        picked = [AP_VS_COST[int(i)] for i in args[1:]] or list(AP_VS_COST)
-        result = ap_versus_cost(Path(args[0]), picked)
-        if out_file is not None:
-            old = json.loads(out_file.read_text()) if out_file.is_file() else {}
-            result["rows"] = old.get("rows", []) + result["rows"]
-            out_file.write_text(json.dumps(result, indent=2) + "\n")
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
-    else:
-        sys.stdout.write(json.dumps(run(quick="--quick" in sys.argv), indent=2) + "\n")
+    if args.ap_vs_cost is None:
+        if args.variants or args.out:
+            p.error("variants and --out go with --ap-vs-cost")
+        sys.stdout.write(json.dumps(run(quick=args.quick), indent=2) + "\n")
+        return
+    picked = [AP_VS_COST[i] for i in args.variants] or list(AP_VS_COST)
+    result = ap_versus_cost(args.ap_vs_cost, picked)
+    if args.out is not None:
+        old = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        result["rows"] = old.get("rows", []) + result["rows"]
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
