@@ -72,3 +72,54 @@ def test_stage_clock_places_each_stage_in_the_run(caplog, monkeypatch):
     assert "detection" in clock.seconds
     list(runtime.progress(range(2), desc="outside"))
     assert seen["desc"] == "outside"  # the label ends with its stage
+
+
+def _finished_run(folder, name, seconds, env=None):
+    import json
+
+    from npc_msom.runtime import environment_record
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(f"name: {name}\n")
+    (folder / "env.json").write_text(json.dumps(env or environment_record()))
+    (folder / "run_summary.json").write_text(json.dumps({"run_dir": str(folder), "stages": {"seconds": seconds}}))
+
+
+def test_the_run_eta_comes_from_an_earlier_run_of_the_preset_on_a_like_machine(tmp_path, caplog, monkeypatch):
+    import os
+    import time as time_mod
+
+    import npc_msom.runtime as runtime
+    from npc_msom.config import load_config
+    from npc_msom.pipeline import StageClock, reference_seconds
+    config = load_config(None, ["name=demo"])
+    runs = tmp_path / "runs"
+    assert reference_seconds(config, runs / "new") is None  # a first run: no ETA
+    _finished_run(runs / "other_preset", "paper", {"cohort": 1.0, "detection": 9.0})
+    _finished_run(runs / "other_machine", "demo", {"cohort": 1.0, "detection": 9.0},
+                  env={"cpu_count": (os.cpu_count() or 1) + 7, "cuda": False})
+    assert reference_seconds(config, runs / "new") is None
+    _finished_run(runs / "old", "demo", {"cohort": 500.0, "detection": 500.0})
+    old = time_mod.time() - 3600
+    os.utime(runs / "old" / "run_summary.json", (old, old))
+    _finished_run(runs / "last", "demo", {"cohort": 30.0, "preprocess": 60.0, "detection": 240.0})
+    (runs / "broken").mkdir()
+    (runs / "broken" / "run_summary.json").write_text("{not json")
+    seconds, folder = reference_seconds(config, runs / "new")
+    assert folder == runs / "last" and seconds == {"cohort": 30.0, "preprocess": 60.0, "detection": 240.0}
+
+    clock = StageClock(["cohort", "preprocess", "detection"], reference=seconds)
+    assert clock.seconds_left("cohort") == 330.0 and clock.seconds_left("detection") == 240.0
+    assert StageClock(["cohort", "baselines"], reference=seconds).seconds_left("cohort") is None
+    seen = {}
+
+    class FakeBar(list):
+        def __init__(self, iterable, desc=None, **kw):
+            super().__init__(iterable)
+            seen["desc"] = desc
+
+    monkeypatch.setattr("tqdm.auto.tqdm", FakeBar)
+    with caplog.at_level("INFO", logger="npc_msom.pipeline"):
+        with clock("preprocess"):
+            list(runtime.progress(range(2), desc="patients"))
+    assert "about 5:00 left, the run ends ~" in caplog.text
+    assert seen["desc"].startswith("[2/3 preprocess, run ends ~") and seen["desc"].endswith("] patients")

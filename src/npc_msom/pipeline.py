@@ -11,7 +11,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Sequence
 
@@ -166,23 +166,69 @@ FORCEABLE: tuple[str, ...] = ("preprocess", "detection", "prediction", "evaluati
 class StageClock:
     """Logs each stage's start and end with its place in the run and the run's time so far, keeps
     its wall seconds (``run_summary.json``: seconds) and prefixes the stage's progress bars with
-    "[i/n stage]"."""
+    "[i/n stage]".
 
-    def __init__(self, planned: Sequence[str] = ()):
+    ``reference``: the stage seconds of an earlier finished run of the same preset on a machine like
+    this one (:func:`reference_seconds`); with it, each stage's start also gives the run's expected
+    end, as remaining reference seconds from now, in the log and in the bars' prefix
+    ("[3/7 detection, run ends ~18:42]"). A first run has no reference: each loop's bar has its own ETA.
+    """
+
+    def __init__(self, planned: Sequence[str] = (), reference: dict[str, float] | None = None):
         self.seconds: dict[str, float] = {}
         self.planned = list(planned)
+        self.reference = dict(reference or {})
         self.t_start = time.perf_counter()
+
+    def seconds_left(self, name: str) -> float | None:
+        """Reference seconds of ``name`` and of the planned stages after it; None without a reference
+        (or when one of them is missing from it)."""
+        todo = self.planned[self.planned.index(name):] if name in self.planned else [name]
+        if not self.reference or any(s not in self.reference for s in todo):
+            return None
+        return float(sum(self.reference[s] for s in todo))
 
     @contextlib.contextmanager
     def __call__(self, name: str):
         where = f"{self.planned.index(name) + 1}/{len(self.planned)} " if name in self.planned else ""
-        log.info("stage %s%s: started (run time %s)", where, name, _clock(time.perf_counter() - self.t_start))
+        left = self.seconds_left(name)
+        eta = "" if left is None else (datetime.now() + timedelta(seconds=left)).strftime("%H:%M")
+        log.info("stage %s%s: started (run time %s%s)", where, name, _clock(time.perf_counter() - self.t_start),
+                 "" if left is None else f"; about {_clock(left)} left, the run ends ~{eta} by an earlier run's "
+                                         "stage seconds")
         t0 = time.perf_counter()
-        with stage_label(f"[{where}{name}]"):
+        with stage_label(f"[{where}{name}{'' if left is None else f', run ends ~{eta}'}]"):
             yield
         self.seconds[name] = round(time.perf_counter() - t0, 1)
         log.info("stage %s%s: done in %.1f s (run time %s)", where, name, self.seconds[name],
                  _clock(time.perf_counter() - self.t_start))
+
+
+def reference_seconds(config: Config, run_dir: Path) -> tuple[dict[str, float], Path] | None:
+    """The stage seconds (``run_summary.json``) of the newest finished run among ``run_dir`` and its
+    sibling folders that used the same preset (``name`` in its ``config.yaml``) on a machine like this
+    one (the same CPU count and CUDA or not in ``env.json``), and that run's folder; None when there is
+    none. Only an estimate for the ETA: nothing is skipped or reused from it."""
+    import json
+
+    import yaml
+    here = environment_record()
+    found = []
+    for summary in Path(run_dir).parent.glob("*/run_summary.json"):
+        folder = summary.parent
+        try:
+            name = (yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("name")
+            env = json.loads((folder / "env.json").read_text())
+            seconds = json.loads(summary.read_text())["stages"]["seconds"]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError):
+            continue
+        if name == config.name and env.get("cpu_count") == here.get("cpu_count") and \
+                env.get("cuda") == here.get("cuda") and isinstance(seconds, dict):
+            found.append((summary.stat().st_mtime, folder, {k: float(v) for k, v in seconds.items()}))
+    if not found:
+        return None
+    _, folder, seconds = max(found, key=lambda t: t[0])
+    return seconds, folder
 
 
 def _clock(seconds: float) -> str:
@@ -195,9 +241,14 @@ def run(config: Config, cohort_dir: str | Path, run_dir: str | Path, *,
         force: tuple[str, ...] = ()) -> RunResult:
     """Every stage in order: cohort -> preprocess -> detection -> prediction -> baselines -> evaluation
     -> report."""
+    run_dir = Path(run_dir)
+    # read before this start rewrites the folder's config.yaml and env.json
+    ref = reference_seconds(config, run_dir)
     run_dir = start_run(config, run_dir)
+    if ref is not None:
+        log.info("run: the ETA is estimated from the stage seconds of %s", ref[1])
     done: dict = {}
-    clock = StageClock(["cohort"] + [s for s in STAGES if s in stages])
+    clock = StageClock(["cohort"] + [s for s in STAGES if s in stages], reference=ref[0] if ref else None)
     with clock("cohort"):
         cohort = load_cohort_stage(config, cohort_dir, run_dir, clinical)
     done["cohort"] = {"patients": len(cohort.patient_ids)}
