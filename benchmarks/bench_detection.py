@@ -204,6 +204,8 @@ AP_VS_COST = (
     ("demo with a 256-wide box head (torchvision / MMDetection: 1024)", ["detection.box_head_dim=256"], "shared"),
     ("one detector per sequence (CE-T1WI), 900 slices x 2 epochs", ["detection.shared=false"], ("CE-T1WI",)),
     ("shared, input_scale 2 (256 px seen; anchor coverage 92%)", ["detection.input_scale=2.0"], "shared"),
+    ("demo with 64 RoIs per image for the box head (demo 128; MMDetection 512)", ["detection.box_batch_size=64"],
+     "shared"),
 )
 
 
