@@ -93,18 +93,23 @@ def test_the_run_eta_comes_from_an_earlier_run_of_the_preset_on_a_like_machine(t
     from npc_msom.pipeline import StageClock, reference_seconds
     config = load_config(None, ["name=demo"])
     runs = tmp_path / "runs"
-    assert reference_seconds(config, runs / "new") is None  # a first run: no ETA
+    planned = ["cohort", "preprocess", "detection"]
+    assert reference_seconds(config, runs / "new", planned) is None  # a first run: no ETA
     _finished_run(runs / "other_preset", "paper", {"cohort": 1.0, "detection": 9.0})
     _finished_run(runs / "other_machine", "demo", {"cohort": 1.0, "detection": 9.0},
                   env={"cpu_count": (os.cpu_count() or 1) + 7, "cuda": False})
-    assert reference_seconds(config, runs / "new") is None
-    _finished_run(runs / "old", "demo", {"cohort": 500.0, "detection": 500.0})
+    assert reference_seconds(config, runs / "new", planned) is None
+    _finished_run(runs / "old", "demo", {"cohort": 500.0, "preprocess": 1.0, "detection": 500.0})
     old = time_mod.time() - 3600
     os.utime(runs / "old" / "run_summary.json", (old, old))
     _finished_run(runs / "last", "demo", {"cohort": 30.0, "preprocess": 60.0, "detection": 240.0})
+    # newer, but a subset of the stages (--stages report): not a reference for the whole run
+    _finished_run(runs / "subset", "demo", {"cohort": 14.0, "report": 0.1})
+    os.utime(runs / "subset" / "run_summary.json", (time_mod.time() + 60, time_mod.time() + 60))
     (runs / "broken").mkdir()
     (runs / "broken" / "run_summary.json").write_text("{not json")
-    seconds, folder = reference_seconds(config, runs / "new")
+    assert reference_seconds(config, runs / "new", ["cohort", "report"])[1] == runs / "subset"
+    seconds, folder = reference_seconds(config, runs / "new", planned)
     assert folder == runs / "last" and seconds == {"cohort": 30.0, "preprocess": 60.0, "detection": 240.0}
 
     clock = StageClock(["cohort", "preprocess", "detection"], reference=seconds)

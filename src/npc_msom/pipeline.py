@@ -204,11 +204,12 @@ class StageClock:
                  _clock(time.perf_counter() - self.t_start))
 
 
-def reference_seconds(config: Config, run_dir: Path) -> tuple[dict[str, float], Path] | None:
+def reference_seconds(config: Config, run_dir: Path, stages: Sequence[str]) -> tuple[dict[str, float], Path] | None:
     """The stage seconds (``run_summary.json``) of the newest finished run among ``run_dir`` and its
-    sibling folders that used the same preset (``name`` in its ``config.yaml``) on a machine like this
-    one (the same CPU count and CUDA or not in ``env.json``), and that run's folder; None when there is
-    none. Only an estimate for the ETA: nothing is skipped or reused from it."""
+    sibling folders that ran every one of ``stages`` with the same preset (``name`` in its
+    ``config.yaml``) on a machine like this one (the same CPU count and CUDA or not in ``env.json``),
+    and that run's folder; None when there is none. Only an estimate for the ETA: nothing is skipped
+    or reused from it."""
     import json
 
     import yaml
@@ -223,7 +224,7 @@ def reference_seconds(config: Config, run_dir: Path) -> tuple[dict[str, float], 
         except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError):
             continue
         if name == config.name and env.get("cpu_count") == here.get("cpu_count") and \
-                env.get("cuda") == here.get("cuda") and isinstance(seconds, dict):
+                env.get("cuda") == here.get("cuda") and isinstance(seconds, dict) and set(stages) <= set(seconds):
             found.append((summary.stat().st_mtime, folder, {k: float(v) for k, v in seconds.items()}))
     if not found:
         return None
@@ -243,12 +244,13 @@ def run(config: Config, cohort_dir: str | Path, run_dir: str | Path, *,
     -> report."""
     run_dir = Path(run_dir)
     # read before this start rewrites the folder's config.yaml and env.json
-    ref = reference_seconds(config, run_dir)
+    planned = ["cohort"] + [s for s in STAGES if s in stages]
+    ref = reference_seconds(config, run_dir, planned)
     run_dir = start_run(config, run_dir)
     if ref is not None:
         log.info("run: the ETA is estimated from the stage seconds of %s", ref[1])
     done: dict = {}
-    clock = StageClock(["cohort"] + [s for s in STAGES if s in stages], reference=ref[0] if ref else None)
+    clock = StageClock(planned, reference=ref[0] if ref else None)
     with clock("cohort"):
         cohort = load_cohort_stage(config, cohort_dir, run_dir, clinical)
     done["cohort"] = {"patients": len(cohort.patient_ids)}
