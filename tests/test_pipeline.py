@@ -52,9 +52,8 @@ def test_cli_reports_bad_clinical_table_without_traceback(synth_cohort_dir, tmp_
     assert "age" in err and "gender" in err and str(bad) in err
 
 
-def test_stage_clock_places_each_stage_in_the_run(caplog, monkeypatch):
-    import npc_msom.runtime as runtime
-    from npc_msom.pipeline import StageClock
+def _record_bar_descriptions(monkeypatch) -> dict:
+    """tqdm replaced by a list that keeps the description of the last bar opened in ``["desc"]``."""
     seen = {}
 
     class FakeBar(list):
@@ -63,6 +62,13 @@ def test_stage_clock_places_each_stage_in_the_run(caplog, monkeypatch):
             seen["desc"] = desc
 
     monkeypatch.setattr("tqdm.auto.tqdm", FakeBar)
+    return seen
+
+
+def test_stage_clock_places_each_stage_in_the_run(caplog, monkeypatch):
+    import npc_msom.runtime as runtime
+    from npc_msom.pipeline import StageClock
+    seen = _record_bar_descriptions(monkeypatch)
     clock = StageClock(["cohort", "preprocess", "detection"])
     with caplog.at_level("INFO", logger="npc_msom.pipeline"):
         with clock("detection"):
@@ -115,14 +121,7 @@ def test_the_run_eta_comes_from_an_earlier_run_of_the_preset_on_a_like_machine(t
     clock = StageClock(["cohort", "preprocess", "detection"], reference=seconds)
     assert clock.seconds_left("cohort") == 330.0 and clock.seconds_left("detection") == 240.0
     assert StageClock(["cohort", "baselines"], reference=seconds).seconds_left("cohort") is None
-    seen = {}
-
-    class FakeBar(list):
-        def __init__(self, iterable, desc=None, **kw):
-            super().__init__(iterable)
-            seen["desc"] = desc
-
-    monkeypatch.setattr("tqdm.auto.tqdm", FakeBar)
+    seen = _record_bar_descriptions(monkeypatch)
     with caplog.at_level("INFO", logger="npc_msom.pipeline"):
         with clock("preprocess"):
             list(runtime.progress(range(2), desc="patients"))
