@@ -117,6 +117,9 @@ class DetectionConfig:
     anchor_sizes: tuple[float, ...] = ()
     anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     anchor_scales_per_octave: int = 3  # sizes per level: base x 2^(i/3) (RetinaNet's octave scales)
+    # each anchor tiled d x d times per cell of its level, stride / d apart (FaceBoxes' anchor
+    # densification): a grid as fine as input_scale d gives, at the cost of d^2 RPN outputs only
+    anchor_density: int = 1
     # RoI heads: boxes of this side (px at the network's input) pool from P4, smaller ones from
     # finer levels (FPN eq. 1; torchvision's and MMDetection's 224 px); 0 = 224 x input / 800
     roi_canonical_scale: float = 224.0

@@ -64,3 +64,40 @@ def test_demo_preset_coverage_is_what_its_config_says(small_run):
     print(format_coverage(cov, "demo preset, small_run: "))
     old = DetectionConfig(anchor_sizes=(4.0, 7.7, 15.4, 30.7, 61.4), anchor_scales_per_octave=1)
     assert cov["coverage"] >= 0.65 and cov["coverage"] > anchor_coverage(coco, old, 96)["coverage"] + 0.1
+
+
+def test_anchor_density_tiles_each_anchor_on_a_finer_grid():
+    """anchor_density d: every anchor d x d times per cell, stride / d apart: the anchors of each level
+    are those of a grid d times finer (as an input d times larger gives), and the RPN predicts d^2 x
+    as many per location."""
+    import torch
+    from npc_msom.detection.model import build_model, make_anchor_generator
+    base = DetectionConfig(anchor_sizes=(8, 16, 32, 64, 128), anchor_scales_per_octave=1, anchor_ratios=(1.0,))
+    dense = dataclasses.replace(base, anchor_density=2)
+    a1, a2 = network_anchors(base, 64), network_anchors(dense, 64)
+    assert len(a2) == 4 * len(a1)
+    assert make_anchor_generator(dense, 64).num_anchors_per_location() == [4] * 5
+    # P2 (stride 4, 16 x 16 cells): 8 px anchors centred every 2 px from 0 to 62
+    p2 = a2[: 16 * 16 * 4]
+    centres = torch.stack([(p2[:, 0] + p2[:, 2]) / 2, (p2[:, 1] + p2[:, 3]) / 2], 1)
+    assert torch.all((p2[:, 2] - p2[:, 0]) == 8)
+    grid = torch.arange(0, 64, 2, dtype=torch.float32)
+    want = torch.stack(torch.meshgrid(grid, grid, indexing="xy"), -1).reshape(-1, 2)
+    assert sorted(map(tuple, centres.tolist())) == sorted(map(tuple, want.tolist()))
+    # the first anchors of every location are the undensified ones, in their order
+    assert torch.equal(a2.view(-1, 4, 4)[:, 0][: 16 * 16], a1[: 16 * 16])
+    # a 4 px box between P2's grid points is reached once the grid is 2 px fine
+    box = np.array([[8.0, 8.0, 4.0, 4.0]])  # centred at (10, 10)
+    small = DetectionConfig(anchor_sizes=(4, 8, 16, 32, 64), anchor_scales_per_octave=1, anchor_ratios=(1.0,))
+    assert anchor_coverage(box, small, 64)["coverage"] == 0.0
+    assert anchor_coverage(box, dataclasses.replace(small, anchor_density=2), 64)["coverage"] == 1.0
+    # the model trains with them: the RPN's outputs match the anchors (a shape error otherwise)
+    model = build_model(dataclasses.replace(dense, backbone="resnet18", fpn_channels=32), image_size=64)
+    target = {"boxes": torch.tensor([[10.0, 10.0, 30.0, 26.0]]), "labels": torch.tensor([1]),
+              "masks": torch.zeros(1, 64, 64, dtype=torch.uint8)}
+    target["masks"][0, 10:26, 10:30] = 1
+    losses = model([torch.rand(1, 64, 64)], [target])
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert model.rpn.head.cls_logits.out_channels == 4
+    with pytest.raises(Exception, match="anchor_density"):
+        make_anchor_generator(dataclasses.replace(base, anchor_density=0), 64)

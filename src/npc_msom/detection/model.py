@@ -55,7 +55,10 @@ MMDET_SHORT_SIDE = 800
 # 45.7%: the best anchor of a box is only as good as the grid of its level is fine, so each size
 # must sit on a level whose stride is well below it. No anchor on the 4 px grid of P2 reaches a
 # box under ~4 px, whatever its size; hence input_scale 2 for 128 px slices (at scale 1 the
-# best set found covered 76.5%, at 1.5 84.1%).
+# best set found covered 76.5%, at 1.5 84.1%). anchor_density 2 (each anchor tiled 2 x 2 per cell,
+# FaceBoxes' densification) with anchors 4..64 px gives input_scale 2's grid at scale 1: 92.9% on the
+# same boxes, but it lowered AP@0.5 at the demo's budget (CE-T1WI GTV 0.789 -> 0.731, GTVln 0.182 ->
+# 0.082; docs/detection.md), so no preset uses it.
 ANCHOR_STRIDE_RATIO = 2.0
 
 
@@ -83,7 +86,11 @@ def make_anchor_generator(config: DetectionConfig, net_size: int) -> AnchorGener
         raise ConfigError(f"detection.anchor_scales_per_octave: expected an integer >= 1, got {n}")
     sizes = tuple(tuple(round(base * 2 ** (i / n), 2) for i in range(n))
                   for base in anchor_sizes_for(net_size, config))
-    return Fp32AnchorGenerator(sizes=sizes, aspect_ratios=(tuple(config.anchor_ratios),) * len(sizes))
+    density = int(config.anchor_density)
+    if density < 1:
+        raise ConfigError(f"detection.anchor_density: expected an integer >= 1, got {config.anchor_density}")
+    return Fp32AnchorGenerator(sizes=sizes, aspect_ratios=(tuple(config.anchor_ratios),) * len(sizes),
+                               density=density)
 
 
 def roi_canonical_scale(config: DetectionConfig, net_size: int) -> float:
@@ -155,7 +162,37 @@ def _fp32(device_type: str):
 
 
 class Fp32AnchorGenerator(AnchorGenerator):
-    """torchvision's AnchorGenerator with the anchors always in float32 (not the features' dtype)."""
+    """torchvision's AnchorGenerator with the anchors always in float32 (not the features' dtype).
+
+    ``density`` d > 1 tiles every anchor d x d times in each cell of its level, at offsets of
+    stride / d (FaceBoxes' anchor densification, Zhang et al. 2017): the anchor centres then form a
+    grid d times finer than the feature map's, as an input d times larger would give, while the
+    backbone, FPN and RoI heads keep their cost; only the RPN's 1 x 1 output layers grow (d^2 x the
+    anchors per location). Per location the anchors are ordered offset-major, base anchor minor.
+    """
+
+    def __init__(self, sizes, aspect_ratios, density: int = 1) -> None:
+        super().__init__(sizes=sizes, aspect_ratios=aspect_ratios)
+        self.density = int(density)
+
+    def num_anchors_per_location(self) -> list[int]:
+        return [n * self.density ** 2 for n in super().num_anchors_per_location()]
+
+    def grid_anchors(self, grid_sizes, strides) -> list[torch.Tensor]:
+        per_level = super().grid_anchors(grid_sizes, strides)
+        d = self.density
+        if d == 1:
+            return per_level
+        out = []
+        for anchors, base, stride in zip(per_level, self.cell_anchors, strides):
+            sy, sx = float(stride[0]), float(stride[1])
+            # offsets (d^2, 4): (dx, dy, dx, dy) for dy, dx in {0, 1, .., d-1} x stride / d
+            k = torch.arange(d, dtype=anchors.dtype, device=anchors.device)
+            oy, ox = torch.meshgrid(k * (sy / d), k * (sx / d), indexing="ij")
+            offsets = torch.stack([ox.reshape(-1), oy.reshape(-1)] * 2, dim=1)
+            a = anchors.view(-1, 1, len(base), 4) + offsets.view(1, -1, 1, 4)
+            out.append(a.reshape(-1, 4))
+        return out
 
     def forward(self, image_list: ImageList, feature_maps: list[torch.Tensor]) -> list[torch.Tensor]:
         grid_sizes = [f.shape[-2:] for f in feature_maps]
