@@ -34,3 +34,23 @@ def test_round_trip_through_yaml():
     again = from_dict(Config, yaml.safe_load(dump_config(c)))
     assert again == c
     assert to_dict(again)["seed"] == 7
+
+
+def test_every_ap_versus_cost_row_is_a_valid_demo_variant():
+    """benchmarks/bench_detection.py's rows: each loads on the demo preset, and the row named the
+    demo is the demo preset unchanged (so the table's demo row is what `make demo` runs)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_detection", ROOT / "benchmarks" / "bench_detection.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    demo = load_config(ROOT / "configs" / "demo.yaml")
+    assert bench.AP_VS_COST[0][0].startswith("demo (now)") and bench.AP_VS_COST[0][1] == []
+    seen = set()
+    for name, overrides, trained_on in bench.AP_VS_COST:
+        c = load_config(ROOT / "configs" / "demo.yaml", overrides)
+        key = (to_dict(c.detection).__repr__(), repr(trained_on))
+        assert key not in seen, f"{name}: the same detector as another row"
+        seen.add(key)
+        assert trained_on == "shared" or (isinstance(trained_on, tuple) and not c.detection.shared), name
+    assert all(0 <= i < len(bench.AP_VS_COST) for i in bench.MAKE_BENCH_ROWS)
+    assert demo.detection.box_head_dim == 256  # the demo point of docs/detection.md
