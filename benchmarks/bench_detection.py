@@ -15,6 +15,7 @@ Nothing here asserts a time; targets are recorded beside the figures.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -202,6 +203,7 @@ def _anchor_coverage(presets: dict) -> dict | None:
 # sequences with a detector of their own). Each row states what it changes from the demo preset of
 # before 2026-12-06 (1024-wide box head, 900 slices x 2 epochs) explicitly, so a row keeps its
 # meaning when configs/demo.yaml moves. docs/detection.md has the measured table.
+TORCHVISION_ROI_ALIGN = "bench:torchvision_roi_align"  # not a setting: the bench swaps the kernel
 _OLD_DEMO = ["detection.box_head_dim=1024", "detection.max_train_images=900", "detection.epochs=2"]
 _DENSE = ["detection.anchor_density=2", "detection.anchor_sizes=[4,8,16,32,64]"]
 AP_VS_COST = (
@@ -226,10 +228,28 @@ AP_VS_COST = (
     ("one detector per sequence (CE-T1WI), 1024-wide head, 480 x 2, anchor_density 2, anchors 4..64 px",
      [*_OLD_DEMO, "detection.shared=false", "detection.max_train_images=480", *_DENSE], ("CE-T1WI",)),
     ("demo (now) with anchor_density 2, anchors 4..64 px", _DENSE, "shared"),
+    # the training loop's speed before and after (issue 9): the former demo point with torchvision's
+    # own CPU RoIAlign kernel, which the code had when the issue was filed (row 1 with ours)
+    ("former demo with torchvision's CPU RoIAlign kernel (before the sparse product)",
+     [*_OLD_DEMO, TORCHVISION_ROI_ALIGN], "shared"),
 )
 # the rows `make bench` trains (~25 min on 2 cores): the demo's point, the one before it, a detector
 # for CE-T1WI alone, and the network fed twice the slice's size
 MAKE_BENCH_ROWS = (0, 1, 3, 4)
+
+
+@contextlib.contextmanager
+def _roi_align_kernel(torchvision: bool):
+    """With ``torchvision``: every RoIAlign runs torchvision's own kernel (the model's sparse product
+    switched off), to time the training loop as it was before detection/roi_align.py."""
+    from npc_msom.detection import roi_align
+    fast = roi_align._fast_path
+    if torchvision:
+        roi_align._fast_path = lambda *a, **k: False
+    try:
+        yield
+    finally:
+        roi_align._fast_path = fast
 
 
 def ap_versus_cost(run_dir: Path, variants=AP_VS_COST, out_dir: Path | None = None,
@@ -254,29 +274,31 @@ def ap_versus_cost(run_dir: Path, variants=AP_VS_COST, out_dir: Path | None = No
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(out_dir or tmp)
         for i, (name, overrides, trained_on) in enumerate(variants):
-            config = load_config(ROOT / "configs" / "demo.yaml", ["detection.workers=0", *overrides])
+            settings = [o for o in overrides if not o.startswith("bench:")]
+            config = load_config(ROOT / "configs" / "demo.yaml", ["detection.workers=0", *settings])
             on = seqs if trained_on == "shared" else [s for s in trained_on if s in seqs]
             work = base / f"variant{i}"
             work.mkdir(parents=True, exist_ok=True)
             write_json_atomic(work / "coco_train.json", merge_coco(run_dir, on, "train"))
             write_json_atomic(work / "coco_val.json", {**merge_coco(run_dir, on[:1], "val"), "images": [],
                                                        "annotations": []})
-            cpu0, wall0 = time.process_time(), time.perf_counter()
-            res = train_detector(config, images_dir=pre, coco_train=work / "coco_train.json",
-                                 coco_val=work / "coco_val.json", out_dir=work, resume=False,
-                                 device=torch.device("cpu"), sequence="+".join(on))
-            train_cpu, train_wall = time.process_time() - cpu0, time.perf_counter() - wall0
-            from npc_msom.detection.model import load_detector
-            model, _ = load_detector(res.checkpoint_last, "cpu")
-            per_seq = {}
-            for seq in [s for s in on if evaluate is None or s in evaluate]:
-                val = read_coco(pre / seq / "coco_val.json")
-                cpu0 = time.process_time()
-                metrics, _ = evaluate_detector(model, val, "cpu", batch_size=config.detection.batch_size,
-                                               show_progress=False, masks=config.detection.val_masks)
-                per_seq[seq] = {"ap50": metrics.ap50, "mask_map50": metrics.mask_map50,
-                                "ap50_by_size": metrics.ap50_by_size,
-                                "val_slices": len(val), "val_cpu_min": round((time.process_time() - cpu0) / 60, 2)}
+            with _roi_align_kernel(torchvision=TORCHVISION_ROI_ALIGN in overrides):
+                cpu0, wall0 = time.process_time(), time.perf_counter()
+                res = train_detector(config, images_dir=pre, coco_train=work / "coco_train.json",
+                                     coco_val=work / "coco_val.json", out_dir=work, resume=False,
+                                     device=torch.device("cpu"), sequence="+".join(on))
+                train_cpu, train_wall = time.process_time() - cpu0, time.perf_counter() - wall0
+                from npc_msom.detection.model import load_detector
+                model, _ = load_detector(res.checkpoint_last, "cpu")
+                per_seq = {}
+                for seq in [s for s in on if evaluate is None or s in evaluate]:
+                    val = read_coco(pre / seq / "coco_val.json")
+                    cpu0 = time.process_time()
+                    metrics, _ = evaluate_detector(model, val, "cpu", batch_size=config.detection.batch_size,
+                                                   show_progress=False, masks=config.detection.val_masks)
+                    per_seq[seq] = {"ap50": metrics.ap50, "mask_map50": metrics.mask_map50,
+                                    "ap50_by_size": metrics.ap50_by_size, "val_slices": len(val),
+                                    "val_cpu_min": round((time.process_time() - cpu0) / 60, 2)}
             row = {"variant": name, "overrides": overrides, "trained_on": on,
                    "train_slices": res.metrics.get("n_train_images"), "epochs": config.detection.epochs,
                    "train_cpu_min": round(train_cpu / 60, 2), "train_wall_min": round(train_wall / 60, 2),
