@@ -232,6 +232,8 @@ AP_VS_COST = (
     # own CPU RoIAlign kernel, which the code had when the issue was filed (row 1 with ours)
     ("former demo with torchvision's CPU RoIAlign kernel (before the sparse product)",
      [*_OLD_DEMO, TORCHVISION_ROI_ALIGN], "shared"),
+    # run-to-run spread of the demo's point: another seed (weights' init, slice order, augmentation)
+    ("demo (now), seed 1", ["seed=1"], "shared"),
 )
 # the rows `make bench` trains (~25 min on 2 cores): the demo's point, the one before it, a detector
 # for CE-T1WI alone, and the network fed twice the slice's size

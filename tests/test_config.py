@@ -49,7 +49,7 @@ def test_every_ap_versus_cost_row_is_a_valid_demo_variant():
     for name, overrides, trained_on in bench.AP_VS_COST:
         settings = [o for o in overrides if not o.startswith("bench:")]
         c = load_config(ROOT / "configs" / "demo.yaml", settings)
-        key = (repr(to_dict(c.detection)), repr(trained_on), repr(sorted(set(overrides) - set(settings))))
+        key = (repr(to_dict(c.detection)), c.seed, repr(trained_on), repr(sorted(set(overrides) - set(settings))))
         assert key not in seen, f"{name}: the same detector as another row"
         seen.add(key)
         assert trained_on == "shared" or (isinstance(trained_on, tuple) and not c.detection.shared), name
