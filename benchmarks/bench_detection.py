@@ -255,13 +255,32 @@ def _roi_align_kernel(torchvision: bool):
         roi_align._fast_path = fast
 
 
+def inner_split(train_doc: dict, fraction: float, seed: int = 0) -> tuple[dict, set[str]]:
+    """Holds ``fraction`` of the training patients of a COCO document out (a seeded draw of patient
+    ids): the document of the others' slices, and the held-out patient ids. For choosing settings
+    without the run's validation patients."""
+    import numpy as np
+    patients = sorted({str(im["patient_id"]) for im in train_doc["images"]})
+    n_out = int(round(len(patients) * fraction))
+    if not 0 < n_out < len(patients):
+        raise ValueError(f"inner split: {fraction} of {len(patients)} training patients leaves a side empty")
+    held = {patients[i] for i in np.random.default_rng(seed).permutation(len(patients))[:n_out]}
+    images = [im for im in train_doc["images"] if str(im["patient_id"]) not in held]
+    ids = {im["id"] for im in images}
+    return {**train_doc, "images": images,
+            "annotations": [a for a in train_doc["annotations"] if a["image_id"] in ids]}, held
+
+
 def ap_versus_cost(run_dir: Path, variants=AP_VS_COST, out_dir: Path | None = None,
-                   evaluate: list[str] | None = None) -> dict:
+                   evaluate: list[str] | None = None, inner: float | None = None) -> dict:
     """Trains each variant on ``run_dir``'s preprocessed slices (the demo's 186-patient cohort) and
     evaluates it on each sequence's validation slices: AP@0.5 (GTV, GTVln) against the CPU minutes of
     training (process time, every thread) and of validation, per sequence. Nothing of the run is
     changed: detectors go to a temporary folder (or ``out_dir``). ``evaluate``: only these sequences'
-    validation slices (default: every sequence trained on)."""
+    validation slices (default: every sequence trained on). ``inner``: train on the training
+    patients but this fraction of them (:func:`inner_split`, the same for every row) and evaluate on
+    that fraction's training slices instead: a choice among rows that never sees the run's
+    validation patients."""
     import torch
 
     from npc_msom.config import SEQUENCES, load_config
@@ -282,7 +301,10 @@ def ap_versus_cost(run_dir: Path, variants=AP_VS_COST, out_dir: Path | None = No
             on = seqs if trained_on == "shared" else [s for s in trained_on if s in seqs]
             work = base / f"variant{i}"
             work.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(work / "coco_train.json", merge_coco(run_dir, on, "train"))
+            train_doc, held = merge_coco(run_dir, on, "train"), None
+            if inner is not None:
+                train_doc, held = inner_split(train_doc, inner)
+            write_json_atomic(work / "coco_train.json", train_doc)
             write_json_atomic(work / "coco_val.json", {**merge_coco(run_dir, on[:1], "val"), "images": [],
                                                        "annotations": []})
             with _roi_align_kernel(torchvision=TORCHVISION_ROI_ALIGN in overrides):
@@ -295,7 +317,11 @@ def ap_versus_cost(run_dir: Path, variants=AP_VS_COST, out_dir: Path | None = No
                 model, _ = load_detector(res.checkpoint_last, "cpu")
                 per_seq = {}
                 for seq in [s for s in on if evaluate is None or s in evaluate]:
-                    val = read_coco(pre / seq / "coco_val.json")
+                    if held is None:
+                        val = read_coco(pre / seq / "coco_val.json")
+                    else:
+                        val = read_coco(pre / seq / "coco_train.json")
+                        val = val.subset([k for k, im in enumerate(val.images) if str(im["patient_id"]) in held])
                     cpu0 = time.process_time()
                     metrics, _ = evaluate_detector(model, val, "cpu", batch_size=config.detection.batch_size,
                                                    show_progress=False, masks=config.detection.val_masks)
@@ -303,6 +329,7 @@ def ap_versus_cost(run_dir: Path, variants=AP_VS_COST, out_dir: Path | None = No
                                     "ap50_by_size": metrics.ap50_by_size, "val_slices": len(val),
                                     "val_cpu_min": round((time.process_time() - cpu0) / 60, 2)}
             row = {"variant": name, "overrides": overrides, "trained_on": on,
+                   "evaluated_on": "validation" if held is None else f"inner: {len(held)} training patients held out",
                    "train_slices": res.metrics.get("n_train_images"), "epochs": config.detection.epochs,
                    "train_cpu_min": round(train_cpu / 60, 2), "train_wall_min": round(train_wall / 60, 2),
                    "train_cpu_min_per_sequence": round(train_cpu / 60 / len(on), 2),
@@ -340,8 +367,8 @@ def run(quick: bool = False) -> dict:
     # AP@0.5 against CPU minutes on the demo run's 186-patient cohort (MAKE_BENCH_ROWS, ~25 min on 2 cores)
     demo_run = ROOT / "runs" / "demo"
     rows = [AP_VS_COST[i] for i in MAKE_BENCH_ROWS]
-    out["ap_vs_cost"] = (ap_versus_cost(demo_run, rows) if not quick and (demo_run / "preprocessed" / "split.json").is_file()
-                         else None)
+    ready = (demo_run / "preprocessed" / "split.json").is_file()
+    out["ap_vs_cost"] = ap_versus_cost(demo_run, rows) if not quick and ready else None
     from npc_msom.config import Config
     out["anchor_coverage"] = _anchor_coverage({"demo": demo, "paper": load_config(ROOT / "configs" / "paper.yaml"),
                                                "defaults": Config()})
@@ -359,15 +386,18 @@ def main(argv=None) -> None:
                    help="train the AP_VS_COST variants on this run folder's preprocessed slices")
     p.add_argument("variants", nargs="*", type=int, help="indices into AP_VS_COST (default: all)")
     p.add_argument("--out", type=Path, help="JSON file the --ap-vs-cost rows are appended to")
+    p.add_argument("--inner", type=float, metavar="FRACTION",
+                   help="hold this fraction of the training patients out and evaluate on them, not on the "
+                        "run's validation patients (to choose among rows)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     if args.ap_vs_cost is None:
-        if args.variants or args.out:
-            p.error("variants and --out go with --ap-vs-cost")
+        if args.variants or args.out or args.inner is not None:
+            p.error("variants, --out and --inner go with --ap-vs-cost")
         sys.stdout.write(json.dumps(run(quick=args.quick), indent=2) + "\n")
         return
     picked = [AP_VS_COST[i] for i in args.variants] or list(AP_VS_COST)
-    result = ap_versus_cost(args.ap_vs_cost, picked)
+    result = ap_versus_cost(args.ap_vs_cost, picked, inner=args.inner)
     if args.out is not None:
         old = json.loads(args.out.read_text()) if args.out.is_file() else {}
         result["rows"] = old.get("rows", []) + result["rows"]

@@ -55,3 +55,24 @@ def test_every_ap_versus_cost_row_is_a_valid_demo_variant():
         assert trained_on == "shared" or (isinstance(trained_on, tuple) and not c.detection.shared), name
     assert all(0 <= i < len(bench.AP_VS_COST) for i in bench.MAKE_BENCH_ROWS)
     assert demo.detection.box_head_dim == 256  # the demo point of docs/detection.md
+
+
+def test_inner_split_holds_whole_training_patients_out():
+    """bench_detection.inner_split: a seeded share of the training patients, all their slices and
+    annotations out of the training document, none of the others'."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_detection", ROOT / "benchmarks" / "bench_detection.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    images = [{"id": 10 * p + k, "patient_id": f"P{p:02d}"} for p in range(20) for k in range(3)]
+    doc = {"images": images, "annotations": [{"id": i, "image_id": im["id"]} for i, im in enumerate(images)],
+           "categories": []}
+    kept, held = bench.inner_split(doc, 0.25)
+    again, held2 = bench.inner_split(doc, 0.25)
+    assert held == held2 and kept == again and len(held) == 5
+    kept_patients = {im["patient_id"] for im in kept["images"]}
+    assert kept_patients.isdisjoint(held) and kept_patients | held == {f"P{p:02d}" for p in range(20)}
+    assert len(kept["images"]) == 45
+    assert {a["image_id"] for a in kept["annotations"]} == {im["id"] for im in kept["images"]}
+    with pytest.raises(ValueError, match="inner split"):
+        bench.inner_split(doc, 0.01)
