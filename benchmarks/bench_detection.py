@@ -241,6 +241,12 @@ AP_VS_COST = (
 MAKE_BENCH_ROWS = (0, 1, 3, 4)
 
 
+def split_overrides(overrides) -> tuple[list[str], set[str]]:
+    """A row's overrides as (--set settings for load_config, the bench's own "bench:" switches)."""
+    settings = [o for o in overrides if not o.startswith("bench:")]
+    return settings, set(overrides) - set(settings)
+
+
 @contextlib.contextmanager
 def _roi_align_kernel(torchvision: bool):
     """With ``torchvision``: every RoIAlign runs torchvision's own kernel (the model's sparse product
@@ -296,7 +302,7 @@ def ap_versus_cost(run_dir: Path, variants=AP_VS_COST, out_dir: Path | None = No
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(out_dir or tmp)
         for i, (name, overrides, trained_on) in enumerate(variants):
-            settings = [o for o in overrides if not o.startswith("bench:")]
+            settings, switches = split_overrides(overrides)
             config = load_config(ROOT / "configs" / "demo.yaml", ["detection.workers=0", *settings])
             on = seqs if trained_on == "shared" else [s for s in trained_on if s in seqs]
             work = base / f"variant{i}"
@@ -307,7 +313,7 @@ def ap_versus_cost(run_dir: Path, variants=AP_VS_COST, out_dir: Path | None = No
             write_json_atomic(work / "coco_train.json", train_doc)
             write_json_atomic(work / "coco_val.json", {**merge_coco(run_dir, on[:1], "val"), "images": [],
                                                        "annotations": []})
-            with _roi_align_kernel(torchvision=TORCHVISION_ROI_ALIGN in overrides):
+            with _roi_align_kernel(torchvision=TORCHVISION_ROI_ALIGN in switches):
                 cpu0, wall0 = time.process_time(), time.perf_counter()
                 res = train_detector(config, images_dir=pre, coco_train=work / "coco_train.json",
                                      coco_val=work / "coco_val.json", out_dir=work, resume=False,

@@ -99,7 +99,8 @@ def test_anchor_density_tiles_each_anchor_on_a_finer_grid():
     losses = model([torch.rand(1, 64, 64)], [target])
     assert all(torch.isfinite(v) for v in losses.values())
     assert model.rpn.head.cls_logits.out_channels == 4
-    with pytest.raises(Exception, match="anchor_density"):
+    from npc_msom.errors import ConfigError
+    with pytest.raises(ConfigError, match="anchor_density"):
         make_anchor_generator(dataclasses.replace(base, anchor_density=0), 64)
 
 

@@ -54,8 +54,9 @@ MMDET_SHORT_SIDE = 800
 # rule, MMDetection's sizes scaled to the slice (5..82 px at 128 px, 1.3 x the stride), reached
 # 45.7%: the best anchor of a box is only as good as the grid of its level is fine, so each size
 # must sit on a level whose stride is well below it. No anchor on the 4 px grid of P2 reaches a
-# box under ~4 px, whatever its size; hence input_scale 2 for 128 px slices (at scale 1 the
-# best set found covered 76.5%, at 1.5 84.1%). anchor_density 2 (each anchor tiled 2 x 2 per cell,
+# box under ~4 px, whatever its size; input_scale 2 reaches them for 128 px slices at 1.85x the
+# time per slice, which the demo does not pay (at scale 1 the best set found covered 76.5%, at 1.5
+# 84.1%). anchor_density 2 (each anchor tiled 2 x 2 per cell,
 # FaceBoxes' densification) with anchors 4..64 px gives input_scale 2's grid at scale 1: 92.9% on the
 # same boxes, but it lowered AP@0.5 at the demo's budget (CE-T1WI GTV 0.789 -> 0.731, GTVln 0.182 ->
 # 0.082; docs/detection.md), so no preset uses it.
