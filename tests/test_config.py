@@ -61,7 +61,21 @@ def test_every_ap_versus_cost_row_is_a_valid_demo_variant():
         seen.add(key)
         assert trained_on == "shared" or (isinstance(trained_on, tuple) and not c.detection.shared), name
     assert all(0 <= i < len(bench.AP_VS_COST) for i in bench.MAKE_BENCH_ROWS)
+    # the speed-up `make bench` reports compares the demo's point with the loop before issue 9
+    assert {bench.SPEED_BEFORE_ROW, bench.SPEED_AFTER_ROW} <= set(bench.MAKE_BENCH_ROWS)
+    assert bench.TORCHVISION_ROI_ALIGN in bench.AP_VS_COST[bench.SPEED_BEFORE_ROW][1]
+    assert bench.AP_VS_COST[bench.SPEED_AFTER_ROW][1] == []
     assert demo.detection.box_head_dim == 256  # the demo point of docs/detection.md
+
+
+def test_train_speedup_is_after_over_before_and_none_without_both():
+    bench = _bench_detection()
+    rows = {bench.SPEED_BEFORE_ROW: {"variant": "before", "train_images_per_s": 7.5},
+            bench.SPEED_AFTER_ROW: {"variant": "after", "train_images_per_s": 14.25}}
+    got = bench.train_speedup(rows)
+    assert got["speedup"] == 1.9 and got["before"]["train_images_per_s"] == 7.5
+    assert got["after"]["variant"] == "after"
+    assert bench.train_speedup({bench.SPEED_AFTER_ROW: rows[bench.SPEED_AFTER_ROW]}) is None
 
 
 def test_inner_split_holds_whole_training_patients_out():
