@@ -207,7 +207,12 @@ def _anchor_coverage(presets: dict) -> dict | None:
 # sequences with a detector of their own). Each row states what it changes from the demo preset of
 # before 2026-12-06 (1024-wide box head, 900 slices x 2 epochs) explicitly, so a row keeps its
 # meaning when configs/demo.yaml moves. docs/detection.md has the measured table.
-TORCHVISION_ROI_ALIGN = "bench:torchvision_roi_align"  # not a setting: the bench swaps the kernel
+# Not settings: switches by which the bench puts back what issue 9 changed in the training loop, to
+# time the loop as it was when the issue was filed on today's code and data.
+TORCHVISION_ROI_ALIGN = "bench:torchvision_roi_align"  # torchvision's RoIAlign kernel, not roi_align.py's
+NO_DECODE_CACHE = "bench:no_decode_cache"  # every PNG and every RLE decoded again each epoch
+RGB_CONV1 = "bench:rgb_conv1"  # the grey slice fed to conv1 as three channels (3x conv1's cost)
+BENCH_SWITCHES = frozenset({TORCHVISION_ROI_ALIGN, NO_DECODE_CACHE, RGB_CONV1})
 _OLD_DEMO = ["detection.box_head_dim=1024", "detection.max_train_images=900", "detection.epochs=2"]
 _DENSE = ["detection.anchor_density=2", "detection.anchor_sizes=[4,8,16,32,64]"]
 AP_VS_COST = (
@@ -239,12 +244,15 @@ AP_VS_COST = (
     # run-to-run spread of the demo's point: another seed (weights' init, slice order, augmentation)
     ("demo (now), seed 1", ["seed=1"], "shared"),
     ("demo (now) at 2 epochs: 256-wide head, 1200 slices x 2 epochs", ["detection.epochs=2"], "shared"),
+    # the loop before issue 9 as a whole: row 12 with its two other speed items also put back
+    ("the loop before issue 9: former demo, torchvision's RoIAlign, PNG and RLE decoded every epoch, "
+     "three-channel conv1", [*_OLD_DEMO, TORCHVISION_ROI_ALIGN, NO_DECODE_CACHE, RGB_CONV1], "shared"),
 )
 # the rows `make bench` trains (~30 min on 2 cores): the demo's point, the one before it, a detector
-# for CE-T1WI alone, the network fed twice the slice's size, and the former point on torchvision's
-# RoIAlign kernel (the training loop before issue 9: its slices/s against row 0's is the speed-up)
-SPEED_BEFORE_ROW, SPEED_AFTER_ROW = 12, 0
-MAKE_BENCH_ROWS = (0, 1, 3, 4, 12)
+# for CE-T1WI alone, the network fed twice the slice's size, and the former point in the training
+# loop as it was before issue 9 (its slices/s against row 0's is the speed-up)
+SPEED_BEFORE_ROW, SPEED_AFTER_ROW = 15, 0
+MAKE_BENCH_ROWS = (0, 1, 3, 4, 15)
 
 
 def train_speedup(rows_by_index: dict) -> dict | None:
@@ -266,17 +274,34 @@ def split_overrides(overrides) -> tuple[list[str], set[str]]:
 
 
 @contextlib.contextmanager
-def _roi_align_kernel(torchvision: bool):
-    """With ``torchvision``: every RoIAlign runs torchvision's own kernel (the model's sparse product
-    switched off), to time the training loop as it was before detection/roi_align.py."""
-    from npc_msom.detection import roi_align
-    fast = roi_align._fast_path
-    if torchvision:
+def bench_switches(switches):
+    """Puts back, for the ``with`` block, what each of ``switches`` (of BENCH_SWITCHES) names:
+    torchvision's RoIAlign kernel for every RoIAlign (roi_align.py's sparse product off), no decoded
+    sample kept between epochs, conv1 run on three copies of the grey channel. The results are the
+    same up to float rounding; only the cost changes."""
+    import torch
+
+    from npc_msom.detection import data, model, roi_align
+    unknown = set(switches) - BENCH_SWITCHES
+    if unknown:
+        raise ValueError(f"unknown bench switches {sorted(unknown)}; known: {sorted(BENCH_SWITCHES)}")
+    saved = (roi_align._fast_path, data.SliceDataset.decoded, model.GreyConv2d.forward)
+    if TORCHVISION_ROI_ALIGN in switches:
         roi_align._fast_path = lambda *a, **k: False
+    if NO_DECODE_CACHE in switches:
+        def decoded(self, index):
+            return data.load_slice(self.coco.image_path(index)), data.target_for(self.coco, index)
+        data.SliceDataset.decoded = decoded
+    if RGB_CONV1 in switches:
+        def forward(self, x):
+            if x.shape[1] == 1 and self.in_channels == 3:
+                x = x.expand(-1, 3, -1, -1)
+            return torch.nn.Conv2d.forward(self, x)
+        model.GreyConv2d.forward = forward
     try:
         yield
     finally:
-        roi_align._fast_path = fast
+        roi_align._fast_path, data.SliceDataset.decoded, model.GreyConv2d.forward = saved
 
 
 def inner_split(train_doc: dict, fraction: float, seed: int = 0) -> tuple[dict, set[str]]:
@@ -331,7 +356,7 @@ def ap_versus_cost(run_dir: Path, variants=AP_VS_COST, out_dir: Path | None = No
             write_json_atomic(work / "coco_train.json", train_doc)
             write_json_atomic(work / "coco_val.json", {**merge_coco(run_dir, on[:1], "val"), "images": [],
                                                        "annotations": []})
-            with _roi_align_kernel(torchvision=TORCHVISION_ROI_ALIGN in switches):
+            with bench_switches(switches):
                 cpu0, wall0 = time.process_time(), time.perf_counter()
                 res = train_detector(config, images_dir=pre, coco_train=work / "coco_train.json",
                                      coco_val=work / "coco_val.json", out_dir=work, resume=False,
