@@ -30,6 +30,11 @@ def _ensure_run(config, cohort: Path, run: Path) -> None:
     from npc_msom.detection.shared import detector_checkpoint
     if all(detector_checkpoint(run, s).is_file() for s in config.preprocess.sequences) \
             and (run / "cohort" / "clinical.csv").is_file():
+        if not (cohort / "truth.csv").is_file():
+            raise FileNotFoundError(
+                f"{run} holds a detector, but the synthetic cohort it was made from is not at {cohort} "
+                f"(no truth.csv, the oracle's outcomes): set NPC_MSOM_BENCH_COHORT to that cohort's folder, "
+                f"or run `make demo`, which writes both")
         return
     write_cohort(cohort, dataclasses.replace(config.synth, patients=186))
     pipeline.run(config, cohort, run, stages=("preprocess", "detection"))
