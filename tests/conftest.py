@@ -3,6 +3,8 @@ through the real cohort reader and preprocessed, shared by the integration and d
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +44,13 @@ def small_run(tmp_path_factory, synth_cohort_dir, small_config):
     run_dir = tmp_path_factory.mktemp("run")
     pipeline.run(small_config, synth_cohort_dir, run_dir, stages=("preprocess",))
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def bench_detection():
+    """benchmarks/bench_detection.py as a module (benchmarks/ is not a package on the test path)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_detection.py"
+    spec = importlib.util.spec_from_file_location("bench_detection", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench

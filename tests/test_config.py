@@ -36,19 +36,10 @@ def test_round_trip_through_yaml():
     assert to_dict(again)["seed"] == 7
 
 
-def _bench_detection():
-    """benchmarks/bench_detection.py as a module (benchmarks/ is not a package on the test path)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("bench_detection", ROOT / "benchmarks" / "bench_detection.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
-def test_every_ap_versus_cost_row_is_a_valid_demo_variant():
+def test_every_ap_versus_cost_row_is_a_valid_demo_variant(bench_detection):
     """benchmarks/bench_detection.py's rows: each loads on the demo preset, and the row named the
     demo is the demo preset unchanged (so the table's demo row is what `make demo` runs)."""
-    bench = _bench_detection()
+    bench = bench_detection
     demo = load_config(ROOT / "configs" / "demo.yaml")
     assert bench.AP_VS_COST[0][0].startswith("demo (now)") and bench.AP_VS_COST[0][1] == []
     seen = set()
@@ -68,8 +59,8 @@ def test_every_ap_versus_cost_row_is_a_valid_demo_variant():
     assert demo.detection.box_head_dim == 256  # the demo point of docs/detection.md
 
 
-def test_train_speedup_is_after_over_before_and_none_without_both():
-    bench = _bench_detection()
+def test_train_speedup_is_after_over_before_and_none_without_both(bench_detection):
+    bench = bench_detection
     rows = {bench.SPEED_BEFORE_ROW: {"variant": "before", "train_images_per_s": 7.5},
             bench.SPEED_AFTER_ROW: {"variant": "after", "train_images_per_s": 14.25}}
     got = bench.train_speedup(rows)
@@ -78,10 +69,10 @@ def test_train_speedup_is_after_over_before_and_none_without_both():
     assert bench.train_speedup({bench.SPEED_AFTER_ROW: rows[bench.SPEED_AFTER_ROW]}) is None
 
 
-def test_inner_split_holds_whole_training_patients_out():
+def test_inner_split_holds_whole_training_patients_out(bench_detection):
     """bench_detection.inner_split: a seeded share of the training patients, all their slices and
     annotations out of the training document, none of the others'."""
-    bench = _bench_detection()
+    bench = bench_detection
     images = [{"id": 10 * p + k, "patient_id": f"P{p:02d}"} for p in range(20) for k in range(3)]
     doc = {"images": images, "annotations": [{"id": i, "image_id": im["id"]} for i, im in enumerate(images)],
            "categories": []}

@@ -2,9 +2,6 @@
 issue 9 (for the bench's "before" row) changes the cost only, and is undone after the block."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -12,18 +9,9 @@ from npc_msom.detection import model as model_mod
 from npc_msom.detection import roi_align
 from npc_msom.detection.data import SliceDataset, read_coco
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_detection", ROOT / "benchmarks" / "bench_detection.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
-def test_switches_change_the_cost_not_the_result_and_are_undone(toy_run):
-    bench = _bench()
+def test_switches_change_the_cost_not_the_result_and_are_undone(toy_run, bench_detection):
+    bench = bench_detection
     coco = read_coco(toy_run / "preprocessed" / "CE-T1WI" / "coco_train.json")
     conv = model_mod._grey_conv1(torch.nn.Conv2d(3, 4, 3, padding=1))
     grey = torch.rand(2, 1, 16, 16)
@@ -62,8 +50,8 @@ def test_switches_change_the_cost_not_the_result_and_are_undone(toy_run):
     assert calls == []  # the summed kernel again: Conv2d.forward is not called
 
 
-def test_unknown_switch_is_refused():
-    bench = _bench()
+def test_unknown_switch_is_refused(bench_detection):
+    bench = bench_detection
     with pytest.raises(ValueError, match="unknown bench switches"):
         with bench.bench_switches({"bench:nothing"}):
             pass
