@@ -58,8 +58,9 @@ MMDET_SHORT_SIDE = 800
 # time per slice, which the demo does not pay (at scale 1 the best set found covered 76.5%, at 1.5
 # 84.1%). anchor_density 2 (each anchor tiled 2 x 2 per cell,
 # FaceBoxes' densification) with anchors 4..64 px gives input_scale 2's grid at scale 1: 92.9% on the
-# same boxes, but it lowered AP@0.5 at the demo's budget (CE-T1WI GTV 0.789 -> 0.731, GTVln 0.182 ->
-# 0.082; docs/detection.md), so no preset uses it.
+# same boxes, but it lowered AP@0.5 at the demo's budget (at the demo's point CE-T1WI GTV 0.856 ->
+# 0.844, GTVln 0.331 -> 0.267, and below it on held-out training patients too; docs/detection.md),
+# so no preset uses it.
 ANCHOR_STRIDE_RATIO = 2.0
 
 
