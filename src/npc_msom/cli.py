@@ -82,9 +82,19 @@ def cmd_train_predictor(args) -> int:
     if not args.sequence:
         raise NpcMsomError("give --sequence SEQ (or --cv K for cross-validation of every sequence)")
     device = resolve_device(config.device)
-    for model in ([args.model] if args.model else config.prediction.models):
-        r = prediction.train_predictor_for_run(config, Path(args.run), args.sequence, model, device=device,
-                                               force=args.force)
+    models = [args.model] if args.model else list(config.prediction.models)
+    results = []
+    for model in [m for m in models if m in prediction.MODELS]:
+        results.append(prediction.train_predictor_for_run(config, Path(args.run), args.sequence, model,
+                                                          device=device, force=args.force))
+    if any(m in prediction.PATIENT_MODELS for m in models):
+        import dataclasses  # noqa: PLC0415
+        cfg = dataclasses.replace(config, prediction=dataclasses.replace(
+            config.prediction, models=tuple(m for m in models if m in prediction.PATIENT_MODELS)))
+        results += list(prediction.train_patient_models_for_run(cfg, Path(args.run), [args.sequence], device=device,
+                                                                force=args.force).values())
+    for r in results:
+        model = r.model
         auc = r.metrics.get("auc") or {}
         text = f"AUC {auc['auc']:.3f} ({auc['ci_low']:.3f}-{auc['ci_high']:.3f})" if auc else "AUC n/a"
         print(f"{args.sequence} {model}: validation {text}, {r.metrics['n_scored']} patients"
@@ -232,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--run", required=True, help="run folder with preprocessed/ and detection/ "
                     "(its config.yaml is the default --config)")
     sp.add_argument("--sequence", choices=["T1WI", "T2WI", "CE-T1WI"])
-    sp.add_argument("--model", choices=["mri", "fusion"], help="default: every model of prediction.models")
+    sp.add_argument("--model", choices=["mri", "fusion", "patient", "patient_fusion"],
+                    help="default: every model of prediction.models")
     sp.add_argument("--force", action="store_true", help="redo a model made with other settings")
     sp.add_argument("--cv", type=int, default=0, metavar="K", help="repeated K-fold CV of every sequence x model")
     sp.add_argument("--repeats", type=int, default=1, metavar="R")

@@ -170,7 +170,9 @@ class PredictionConfig:
     # "all" = fine-tune the whole network on slices (the study: batch 2, 20 epochs); "head" =
     # freeze the extractor, cache each slice's pooled vector once, train the head only (CPU, seconds)
     finetune: str = "all"
-    models: tuple[str, ...] = ("mri", "fusion")   # fusion = the clinical vector joins the pooled one
+    # mri / fusion: the study's slice classifier (fusion = the clinical vector joins the pooled one);
+    # patient / patient_fusion: tumour regions + burden -> one patient-level model (prediction/patient.py)
+    models: tuple[str, ...] = ("mri", "fusion", "patient", "patient_fusion")
     feature_level: str = "P3"
     # slices scored per patient: "contours" = the tumour slices that preprocessing kept (the study);
     # "detector" = the slices where the trained detector finds a GTV scoring >= detector_threshold
@@ -198,6 +200,17 @@ class PredictionConfig:
     combine_sequences: tuple[str, ...] = SEQUENCES  # the combined model's inputs (fusion scores)
     cv_folds: int = 0             # >1: also repeated patient-level stratified CV (finetune=head)
     cv_repeats: int = 1
+    # the patient-level models: "region" pools the FPN map inside the GTV, the nodes and a ring of
+    # ring_mm around them; "slice" pools the whole slice (the ablation). P2 (stride 4) because at
+    # 128 px a 1 cm node covers less than one P3 cell (docs/prediction.md has the measurement)
+    pooling: str = "region"
+    region_level: str = "P2"
+    ring_mm: float = 5.0
+    burden: bool = True           # the tumour-burden descriptors as an input group
+    deep: bool = True             # the pooled region vectors as an input group
+    inner_folds: int = 5          # inner CV on the training patients: penalty, deep group's weight, fusion's logit
+    patient_cs: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+    deep_weights: tuple[float, ...] = (0.0, 0.5, 1.0)  # candidate weights of the deep group (0 = burden only)
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,14 @@ MODEL_LABELS = {
     "stack": "Combined (stacked)", "largest_slice": "Comparison: largest slice",
     "largest_slice_fusion": "Comparison: largest slice + clinical", "radiomics": "Radiomics",
     "clinical": "Clinical only", "n_stage": "N stage",
+    "patient": "Tumour regions + burden (patient-level)",
+    "patient_fusion": "Tumour regions + burden + clinical (patient-level)",
 }
+# the patient-level models are tested against what they must beat: the study's model of the same
+# sequence (MRI only) and the clinical-only model (MRI + clinical: fusion must not lose its signal)
+PATIENT_REFERENCE = {"patient": "{seq}/mri", "patient_fusion": "clinical/all"}
+STAGE2_MODELS = ("mri", "fusion", "patient", "patient_fusion")
+COMBINED_MODELS = ("mean", "stack", "patient", "patient_fusion")
 # the study's comparison model (its reference 20) for each stage-2 model: same sequence, same inputs
 REFERENCE_OF = {"mri": "largest_slice", "fusion": "largest_slice_fusion"}
 # the combined models have no all-sequence comparison model; they are tested against the study's
@@ -64,7 +71,8 @@ COMBINED_REFERENCE = "largest_slice_fusion/CE-T1WI"
 ROC_LABELS = {
     "mri": "Stage 2", "fusion": "Stage 2", "mean": "Combined (mean)", "stack": "Combined (stacked)",
     "largest_slice": "Largest slice", "largest_slice_fusion": "Largest slice", "radiomics": "Radiomics",
-    "clinical": "Clinical only", "n_stage": "N stage",
+    "clinical": "Clinical only", "n_stage": "N stage", "patient": "Regions + burden",
+    "patient_fusion": "Regions + burden",
 }
 BASELINE_ORDER = ("largest_slice", "largest_slice_fusion", "radiomics", "clinical", "n_stage")
 
@@ -115,11 +123,11 @@ def find_score_files(run_dir: str | Path) -> list[ScoreFile]:
     run_dir = Path(run_dir)
     out: list[ScoreFile] = []
     for seq in SEQUENCES:
-        for model in ("mri", "fusion"):
+        for model in STAGE2_MODELS:
             p = run_dir / "prediction" / seq / model / "patient_scores.csv"
             if p.is_file():
                 out.append(ScoreFile(STAGE2, model, seq, p))
-    for model in ("mean", "stack"):
+    for model in COMBINED_MODELS:
         p = run_dir / "prediction" / COMBINED / model / "patient_scores.csv"
         if p.is_file():
             out.append(ScoreFile(STAGE2, model, COMBINED, p))
@@ -136,6 +144,9 @@ def reference_key(sf: ScoreFile) -> str | None:
     """The study's comparison model that ``sf`` is DeLong-tested against (None for comparison models)."""
     if sf.group != STAGE2:
         return None
+    if sf.model in PATIENT_REFERENCE:
+        seq = "CE-T1WI" if sf.sequence == COMBINED else sf.sequence
+        return PATIENT_REFERENCE[sf.model].format(seq=seq)
     if sf.sequence == COMBINED:
         return COMBINED_REFERENCE
     return f"{REFERENCE_OF[sf.model]}/{sf.sequence}" if sf.model in REFERENCE_OF else None
@@ -304,8 +315,9 @@ def _main_keys(files: list[ScoreFile]) -> list[str]:
             if k in keys:
                 out.append(k)
                 break
-    if f"{COMBINED}/mean" in keys:
-        out.append(f"{COMBINED}/mean")
+    for k in (f"{COMBINED}/mean", f"{COMBINED}/patient_fusion"):
+        if k in keys:
+            out.append(k)
     return out
 
 
@@ -420,10 +432,13 @@ def evaluation_stage(config: Config, run_dir: str | Path, force: bool = False) -
     layout = []
     for kind, title in (("mri", "MRI"), ("fusion", "MRI + clinical")):
         for seq in SEQUENCES:
-            keys = [f"{seq}/{kind}", f"{REFERENCE_OF[kind]}/{seq}"] + (
+            keys = [f"{seq}/{kind}", f"{seq}/{'patient' if kind == 'mri' else 'patient_fusion'}",
+                    f"{REFERENCE_OF[kind]}/{seq}"] + (
                 [f"radiomics/{seq}"] if kind == "mri" else [])
             layout.append((f"{seq}, {title}", seq, keys))
-    layout.append(("All sequences / no image", None, [f"{COMBINED}/mean", f"{COMBINED}/stack", f"clinical/{ALL}",
+    layout.append(("All sequences / no image", None, [f"{COMBINED}/mean", f"{COMBINED}/stack",
+                                                       f"{COMBINED}/patient", f"{COMBINED}/patient_fusion",
+                                                       f"clinical/{ALL}",
                                                        f"n_stage/{ALL}"]))
     panels, shown = [], []
     for title, seq, keys in layout:

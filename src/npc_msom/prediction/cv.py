@@ -68,7 +68,7 @@ def cv_for_run(config: Config, run_dir: str | Path, folds: int, repeats: int = 1
                                 pc.feature_batch_size, pc.feature_views)
         pids = slices["patient_id"].to_numpy()
         ys = labels_of(clinical, pids)
-        for model in pc.models:
+        for model in [m for m in pc.models if m in ("mri", "fusion")]:
             for rep, fold, val_ids in assignments:
                 val = np.isin(pids, val_ids)
                 tr = ~val
@@ -82,11 +82,13 @@ def cv_for_run(config: Config, run_dir: str | Path, folds: int, repeats: int = 1
                 for pid, score in aggregate(pids[val], probs, pc).items():
                     rows.append({"repeat": rep, "fold": fold, "sequence": seq, "model": model, "patient_id": pid,
                                  "score": score})
+    from npc_msom.prediction.patient import patient_cv_rows  # noqa: PLC0415
+    rows += patient_cv_rows(config, run_dir, assignments, clinical, list(ids), device)
     df = pd.DataFrame(rows)
     if df.empty:
         raise ConfigError("cross-validation found no preprocessed sequence to run on")
     base = "fusion" if "fusion" in pc.models else "mri"
-    comb = (df[df["model"] == base].groupby(["repeat", "fold", "patient_id"], as_index=False)["score"].mean()
+    comb = (df[(df["model"] == base) & (df["sequence"] != "combined")].groupby(["repeat", "fold", "patient_id"], as_index=False)["score"].mean()
             .assign(sequence="combined", model="mean"))
     df = pd.concat([df, comb], ignore_index=True)
     label = dict(zip(ids, y))
@@ -104,8 +106,9 @@ def cv_for_run(config: Config, run_dir: str | Path, folds: int, repeats: int = 1
             "auc_per_repeat": per_repeat, "n_patients": int(g["patient_id"].nunique())}
     out = {"folds": folds, "repeats": repeats, "seed": config.seed, "n_patients": int(len(ids)),
            "seconds": round(time.perf_counter() - t0, 2),
-           "note": "clinical encoder, feature standardisation and head fitted per fold on its training patients; "
-                   "the extractor is the run's detector, trained on the contours of the run's training split",
+           "note": "clinical encoder, feature standardisation and head (patient-level models: standardisation, "
+                   "penalty, deep group's weight, fusion) fitted per fold on its training patients; the extractor "
+                   "is the run's detector, trained on the contours (no outcome) of the run's training split",
            "models": summary}
     out_dir = run_dir / "prediction" / "cv"
     write_text_atomic(out_dir / "cv_scores.csv", df.to_csv(index=False, float_format="%.6g"))

@@ -71,3 +71,21 @@ def cached_features(model, images_dir: Path, file_names: Sequence[str], cache_pa
     else:
         log.info("features: all %d slice(s) cached (%s)", len(file_names), cache_path.name)
     return np.stack([have[f] for f in file_names]) if len(file_names) else np.zeros((0, views, model.channels), np.float32)
+
+
+def add_to_cache(cache_path: Path, vectors: dict[str, np.ndarray]) -> None:
+    """Merge {file name: (views, C)} into a feature cache (what :func:`cached_features` reads);
+    entries of another shape than the cache's are not mixed in (the cache is rewritten from them)."""
+    have: dict[str, np.ndarray] = {}
+    first = next(iter(vectors.values()))
+    if cache_path.is_file():
+        with np.load(cache_path, allow_pickle=False) as z:
+            names, feats = z["file_names"], z["features"]
+        if feats.ndim == 3 and feats.shape[1:] == first.shape:
+            have = {str(n): feats[i] for i, n in enumerate(names)}
+    have.update(vectors)
+    names = np.array(sorted(have))
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(cache_path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, file_names=names, features=np.stack([have[n] for n in names]).astype(np.float32))

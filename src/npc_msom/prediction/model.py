@@ -129,6 +129,27 @@ class MSOMClassifier(nn.Module):
             inner = lateral + F.interpolate(inner, size=lateral.shape[-2:], mode="nearest")
         return fpn.get_result_from_layer_blocks(inner, k if k < len(c) - 1 else -1)
 
+    def level_maps(self, images: torch.Tensor, levels) -> dict[str, torch.Tensor]:
+        """{level: (B, C, h, w)} for several FPN levels from one pass of the backbone and of the
+        top-down path (the region features at P2 and the study's P3 vector share it)."""
+        keys = {lv: int(FPN_LEVELS[lv]) for lv in levels}
+        if any(lv == "P6" for lv in levels):
+            full = self.backbone(self.prepare(images))
+            return {lv: full[FPN_LEVELS[lv]] for lv in levels}
+        fpn = self.backbone.fpn
+        c = list(self.backbone.body(self.prepare(images)).values())
+        lowest = min(keys.values())
+        inner = fpn.get_result_from_inner_blocks(c[-1], -1)
+        out = {}
+        for idx in range(len(c) - 1, lowest - 1, -1):
+            if idx < len(c) - 1:
+                lateral = fpn.get_result_from_inner_blocks(c[idx], idx)
+                inner = lateral + F.interpolate(inner, size=lateral.shape[-2:], mode="nearest")
+            for lv, k in keys.items():
+                if k == idx:
+                    out[lv] = fpn.get_result_from_layer_blocks(inner, k if k < len(c) - 1 else -1)
+        return out
+
     def pooled(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C) global average of the chosen FPN level."""
         return self.level_map(images).mean(dim=(-2, -1))

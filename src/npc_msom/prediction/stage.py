@@ -102,8 +102,10 @@ def settings_for(config: Config, run_dir: Path, sequence: str, model: str) -> di
     pc = config.prediction
     ckpt = detector_checkpoint(run_dir, sequence)
     split = read_split(run_dir)
+    from npc_msom.prediction.patient import PATIENT_SETTINGS  # noqa: PLC0415
     return {"prediction": {k: v for k, v in to_dict(pc).items() if k not in ("cv_folds", "cv_repeats",
-                                                                           "combine_sequences", "models")},
+                                                                           "combine_sequences", "models",
+                                                                           *PATIENT_SETTINGS)},
             "model": model, "sequence": sequence, "seed": config.seed,
             "detector": file_digest(ckpt) if pc.init == "detector" or pc.slices == "detector" else None,
             "detection": to_dict(config.detection) if pc.init == "scratch" else None,
@@ -161,9 +163,12 @@ def aggregate(slice_ids: np.ndarray, probs: np.ndarray, pc: PredictionConfig) ->
 
 # ---- one model ----------------------------------------------------------------------------------
 
-def _extractor(config: Config, run_dir: Path, sequence: str, n_clinical: int, image_size: int):
-    """A classifier with the transferred (or scratch) extractor, and the feature-cache key."""
+def _extractor(config: Config, run_dir: Path, sequence: str, n_clinical: int, image_size: int,
+               level: str | None = None):
+    """A classifier with the transferred (or scratch) extractor at FPN ``level`` (default
+    ``prediction.feature_level``), and the feature-cache key."""
     pc = config.prediction
+    level = level or pc.feature_level
     if pc.init == "detector":
         path = detector_checkpoint(run_dir, sequence)
         ckpt = read_detector_checkpoint(path)
@@ -176,15 +181,15 @@ def _extractor(config: Config, run_dir: Path, sequence: str, n_clinical: int, im
             raise InputError(f"this run's detection settings {architecture_of(config.detection)} differ from the "
                              f"detector checkpoint's {architecture_of(det)}", file=path,
                              expected="the detector trained with this run's config (retrain it, or fix the config)")
-        model = MSOMClassifier(det, image_size, feature_level=pc.feature_level, n_clinical=n_clinical)
+        model = MSOMClassifier(det, image_size, feature_level=level, n_clinical=n_clinical)
         n = transfer_from_detector(model, ckpt, path)
-        key = {"init": "detector", "sha256": file_digest(path), "level": pc.feature_level, "views": pc.feature_views}
+        key = {"init": "detector", "sha256": file_digest(path), "level": level, "views": pc.feature_views}
         return model, key, n
     if pc.init != "scratch":
         raise ConfigError(f"prediction.init: expected detector or scratch, got {pc.init!r}")
     torch.manual_seed(config.seed)
-    model = MSOMClassifier(config.detection, image_size, feature_level=pc.feature_level, n_clinical=n_clinical)
-    key = {"init": "scratch", "seed": config.seed, "detection": to_dict(config.detection), "level": pc.feature_level,
+    model = MSOMClassifier(config.detection, image_size, feature_level=level, n_clinical=n_clinical)
+    key = {"init": "scratch", "seed": config.seed, "detection": to_dict(config.detection), "level": level,
            "views": pc.feature_views}
     return model, key, 0
 
