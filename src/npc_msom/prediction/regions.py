@@ -16,7 +16,6 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 REGIONS: tuple[str, ...] = ("GTV", "GTVln", "ring")
 
@@ -45,11 +44,11 @@ def masked_mean(fmap: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor
 
 def ring_mask(tumour_hw: np.ndarray, ring_mm: float, pixel_mm: float) -> np.ndarray:
     """(H, W) bool: the band of width ``ring_mm`` around the tumour (GTV and nodes), outside it."""
+    from npc_msom.prediction.burden import ring_of  # noqa: PLC0415 - the one ring rule (burden's, in-plane)
     t = np.asarray(tumour_hw, bool)
     if ring_mm <= 0 or not t.any():
         return np.zeros_like(t)
-    r = max(1, int(round(ring_mm / max(pixel_mm, 1e-6))))
-    return ndimage.binary_dilation(t, structure=ndimage.generate_binary_structure(2, 1), iterations=r) & ~t
+    return ring_of(t[None], t[None], ring_mm, pixel_mm)[0]
 
 
 def slice_region_masks(gtv: np.ndarray | None, gtvln: np.ndarray | None, ring_mm: float, pixel_mm: float,
