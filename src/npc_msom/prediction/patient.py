@@ -47,6 +47,7 @@ from npc_msom.runtime import settings_digest as _digest
 log = logging.getLogger(__name__)
 
 PATIENT_MODELS = ("patient", "patient_fusion")
+FUSION_DESIGN = "clinical+raw-oof-logit, C by inner CV"
 # the settings of the patient-level models only (the study's models do not depend on them)
 PATIENT_SETTINGS = ("pooling", "region_level", "ring_mm", "burden", "deep", "inner_folds", "patient_cs",
                     "deep_weights")
@@ -311,7 +312,7 @@ def fit_patient_models(inputs: list[PatientInputs], train_ids: list[str], y_trai
     if clinical is not None:
         enc = ClinicalEncoder.fit(clinical.loc[train_ids], pc.clinical_columns or None)
         fusion, fsel = fit_fusion(image, blocks, enc.transform(clinical.loc[train_ids]), y_train,
-                                  c=config.baselines.clinical_c, folds=pc.inner_folds, seed=seed)
+                                  cs=pc.patient_cs, folds=pc.inner_folds, seed=seed)
     return image, sel, fusion, enc, fsel
 
 
@@ -352,7 +353,9 @@ def patient_settings(config: Config, run_dir: Path, sequences: list[str]) -> dic
             "slices": {s: file_digest(run_dir / "preprocessed" / s / "slices.csv") for s in sequences},
             "split": _digest({"train": split["train"], "val": split["val"]}),
             "clinical": file_digest(run_dir / "cohort" / "clinical.csv"),
-            "clinical_c": config.baselines.clinical_c, "preprocess": to_dict(config.preprocess)}
+            "preprocess": to_dict(config.preprocess),
+            # the fusion design: raw imaging OOF logit beside the clinical vector, C by inner CV
+            "fusion": FUSION_DESIGN}
 
 
 def train_patient_models_for_run(config: Config, run_dir: str | Path, sequences: list[str], *,

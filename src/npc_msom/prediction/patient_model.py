@@ -12,9 +12,10 @@ out-of-fold deviance, the glmnet default). Nothing here sees a validation patien
 training rows to ``fit``.
 
 The fusion model (:func:`fit_fusion`) cannot lose the clinical signal by construction: it is the
-clinical-only model's logistic regression (same encoder, same C) with one more input, the imaging
-model's out-of-fold logit on the training patients (inner K-fold, the imaging model's chosen
-hyper-parameters refitted per fold), so with an uninformative image it reduces to clinical-only.
+clinical-only model's logistic regression (same encoder) with one more input, the imaging model's
+out-of-fold logit on the training patients (inner K-fold, the imaging model's chosen
+hyper-parameters refitted per fold) entered unstandardised, and its penalty chosen by inner CV, so
+with an uninformative image it reduces to clinical-only.
 
 Fitted state is plain numbers (``to_dict``), saved in JSON beside the scores.
 """
@@ -164,9 +165,12 @@ def _subset(blocks: Mapping[str, np.ndarray], idx: np.ndarray) -> dict[str, np.n
 
 def select_group_ridge(blocks: Mapping[str, np.ndarray], y: np.ndarray, *, tunable: Sequence[str] = ("deep",),
                        weights_grid: Sequence[float] = DEFAULT_DEEP_WEIGHTS, cs: Sequence[float] = DEFAULT_CS,
-                       folds: int = 5, seed: int = 0) -> tuple[GroupRidge, dict]:
+                       folds: int = 5, seed: int = 0, fixed: Mapping[str, float] | None = None,
+                       raw: tuple[str, ...] = ()) -> tuple[GroupRidge, dict]:
     """Choose the weight of the ``tunable`` groups (one shared value) and C by inner stratified CV
-    on these (training) rows, then refit on all of them. Returns (model, selection record)."""
+    on these (training) rows, then refit on all of them. Returns (model, selection record).
+
+    fixed: the weight of each group that is not tuned (default 1); raw: groups used as given."""
     y = np.asarray(y, int)
     groups = tuple(blocks)
     tun = [g for g in groups if g in tunable]
@@ -174,21 +178,22 @@ def select_group_ridge(blocks: Mapping[str, np.ndarray], y: np.ndarray, *, tunab
     if tun and len(groups) == len(tun):
         grid_w = [w for w in grid_w if w > 0] or [1.0]  # nothing left to fit with weight 0
     splits = _folds(y, folds, seed)
+    fixed = dict(fixed or {})
     results = []
     for w in grid_w:
-        weights = {g: (w if g in tun else 1.0) for g in groups}
+        weights = {g: (w if g in tun else fixed.get(g, 1.0)) for g in groups}
         for c in cs:
             if not splits:
                 results.append((0.0, w, c))
                 continue
             dev = []
             for tr, te in splits:
-                m = GroupRidge(groups, weights, c).fit(_subset(blocks, tr), y[tr], seed)
+                m = GroupRidge(groups, weights, c, raw=raw).fit(_subset(blocks, tr), y[tr], seed)
                 dev.append(_deviance(y[te], m.proba(_subset(blocks, te))))
             results.append((float(np.mean(dev)), w, c))
     best = min(results, key=lambda r: (round(r[0], 6), r[1], r[2]))  # ties: the simpler model
-    weights = {g: (best[1] if g in tun else 1.0) for g in groups}
-    model = GroupRidge(groups, weights, best[2]).fit(blocks, y, seed)
+    weights = {g: (best[1] if g in tun else fixed.get(g, 1.0)) for g in groups}
+    model = GroupRidge(groups, weights, best[2], raw=raw).fit(blocks, y, seed)
     record = {"chosen": {"weight": best[1], "c": best[2], "inner_deviance": best[0]},
               "tunable": tun, "folds": len(splits),
               "grid": [{"weight": w, "c": c, "deviance": d} for d, w, c in results]}
@@ -221,14 +226,22 @@ class FusionModel:
 
 
 def fit_fusion(image: GroupRidge, blocks: Mapping[str, np.ndarray], clinical: np.ndarray, y: np.ndarray, *,
-               c: float = 1.0, folds: int = 5, seed: int = 0) -> tuple[FusionModel, dict]:
-    """Fit the fusion model on training rows; ``image`` is the imaging model fitted on the same rows."""
+               cs: Sequence[float] | None = DEFAULT_CS, c: float = 1.0, folds: int = 5, seed: int = 0
+               ) -> tuple[FusionModel, dict]:
+    """Fit the fusion model on training rows; ``image`` is the imaging model fitted on the same rows.
+
+    The clinical group keeps the clinical-only model's encoding and the imaging out-of-fold logit
+    enters as it is (a logit is already on the scale of the regression: standardising it and then
+    shrinking it with the clinical model's penalty drew it towards 0 and the fusion towards
+    clinical-only). The penalty is chosen by inner CV on these rows over ``cs`` (deviance, as the
+    imaging model's); ``cs=None`` keeps the fixed ``c`` (the clinical-only model's)."""
     oof = out_of_fold_logits(blocks, y, image, folds=folds, seed=seed)
     clinical = np.asarray(clinical, float)
-    # the clinical group keeps its own columns' scale (the clinical-only model's encoding) and the
-    # imaging logit enters as one more standardised column, so the penalty is the clinical model's
-    fusion = GroupRidge(("clinical", "imaging"), {"clinical": np.sqrt(max(clinical.shape[1], 1)), "imaging": 1.0}, c,
-                        raw=("clinical",))
-    fusion.fit({"clinical": clinical, "imaging": oof[:, None]}, y, seed)
-    return FusionModel(image, fusion), {"c": c, "imaging_coef": float(fusion.coef[-1]) if fusion.coef.size else 0.0,
+    fused = {"clinical": clinical, "imaging": oof[:, None]}
+    fixed = {"clinical": np.sqrt(max(clinical.shape[1], 1)), "imaging": 1.0}  # undo the 1/sqrt(p) scaling
+    fusion, record = select_group_ridge(fused, y, tunable=(), cs=tuple(cs) if cs else (c,),
+                                        folds=folds if cs else 0, seed=seed, fixed=fixed,
+                                        raw=("clinical", "imaging"))
+    return FusionModel(image, fusion), {"c": fusion.c, "c_grid": record["grid"] if cs else None,
+                                        "imaging_coef": float(fusion.coef[-1]) if fusion.coef.size else 0.0,
                                         "oof_folds": folds}
