@@ -142,7 +142,7 @@ def test_fusion_with_a_noise_image_matches_clinical_only():
         clinical_only = LogisticRegression(C=1.0, max_iter=5000).fit(clin[tr], y[tr])
         auc_clin = _auc(y[va], clinical_only.predict_proba(clin[va])[:, 1])
         image, _ = select_group_ridge(b_tr, y[tr], tunable=("deep",))
-        fusion, rec = fit_fusion(image, b_tr, clin[tr], y[tr], c=1.0)
+        fusion, rec = fit_fusion(image, b_tr, clin[tr], y[tr])  # C by inner CV
         auc_fusion = _auc(y[va], fusion.proba(b_va, clin[va]))
         assert auc_clin > 0.65  # the clinical signal is real
         diffs.append(abs(auc_fusion - auc_clin))
@@ -301,7 +301,7 @@ def test_group_ridge_and_fusion_survive_a_json_round_trip():
     np.testing.assert_array_equal(back.proba(new), model.proba(new))
     assert back.group_norms() == model.group_norms()
 
-    fusion, _ = fit_fusion(model, blocks, clin, y, c=1.0)
+    fusion, _ = fit_fusion(model, blocks, clin, y)
     d = json.loads(json.dumps(fusion.to_dict()))
     fusion2 = FusionModel(GroupRidge.from_dict(d["image"]), GroupRidge.from_dict(d["fusion"]))
     clin_new = np.random.default_rng(5).standard_normal((30, 4))

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from npc_msom.prediction.burden import ring_of  # the one ring rule (in-plane)
+
 REGIONS: tuple[str, ...] = ("GTV", "GTVln", "ring")
 
 
@@ -44,7 +46,6 @@ def masked_mean(fmap: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor
 
 def ring_mask(tumour_hw: np.ndarray, ring_mm: float, pixel_mm: float) -> np.ndarray:
     """(H, W) bool: the band of width ``ring_mm`` around the tumour (GTV and nodes), outside it."""
-    from npc_msom.prediction.burden import ring_of  # noqa: PLC0415 - the one ring rule (burden's, in-plane)
     t = np.asarray(tumour_hw, bool)
     if ring_mm <= 0 or not t.any():
         return np.zeros_like(t)
