@@ -1,7 +1,8 @@
 """``npc-msom predict``: one new patient through a trained run folder.
 
 For every sequence the run has trained models of (``detection/<seq>/checkpoint_last.pt`` and
-``prediction/<seq>/<mri|fusion>/checkpoint.pt``) and the patient has a series of:
+``prediction/<seq>/<mri|fusion>/checkpoint.pt`` or ``<patient|patient_fusion>/model.json``) and the
+patient has a series of:
 
 1. the series preprocessed as the run's preprocessing does (``preprocess.volume``: the run's
    config.yaml spacing, intensity window and image size), every slice, in memory;
@@ -15,8 +16,14 @@ For every sequence the run has trained models of (``detection/<seq>/checkpoint_l
    the patient as stage 2 does, and the risk group at the cut-off stage 2 fitted on the training
    patients (``risk_cutoff`` of its metrics.json);
 
-then the combined score (mean of the sequences' scores, as ``prediction/combined/mean``) and its
-risk group. Written to ``--out`` (a temporary folder beside it, renamed when complete):
+5. the patient-level models (``patient``, ``patient_fusion``: ``prediction/<seq>/<model>/model.json``)
+   on the same slices: tumour-burden descriptors and region vectors from the contours where the
+   run's stage 2 used contours and the patient has them, else from the detector's masks (at the
+   run's ``prediction.detector_threshold``), each with its training cut-off;
+
+then the combined score (mean of the sequences' scores, as ``prediction/combined/mean``), the
+multi-sequence patient models (``prediction/combined/patient*``; a sequence the patient lacks enters
+as the training mean, as stage 2 scores such patients) and their risk groups. Written to ``--out`` (a temporary folder beside it, renamed when complete):
 ``summary.json``; per sequence ``overlay.png``, ``detections.csv``, ``slices.csv`` and the predicted
 masks on the patient's own series: an RTSTRUCT (ROIs ``GTV_pred``, ``GTVln_pred``) for a DICOM
 patient, a label NIfTI (1 = GTV, 2 = GTVln) for a NIfTI patient.
@@ -84,6 +91,7 @@ class RunModels:
 
 def read_run(run_dir: str | Path) -> RunModels:
     """The run's config and which sequences have trained models; InputError when none has."""
+    from npc_msom.prediction.patient import PATIENT_MODELS  # noqa: PLC0415
     from npc_msom.prediction.stage import MODELS  # noqa: PLC0415
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
@@ -97,6 +105,7 @@ def read_run(run_dir: str | Path) -> RunModels:
         from npc_msom.detection.shared import detector_checkpoint  # noqa: PLC0415
         det = detector_checkpoint(run_dir, seq)
         models = [m for m in MODELS if (run_dir / "prediction" / seq / m / "checkpoint.pt").is_file()]
+        models += [m for m in PATIENT_MODELS if (run_dir / "prediction" / seq / m / "model.json").is_file()]
         if det.is_file() and models:
             trained.append(seq)
         else:
@@ -104,7 +113,8 @@ def read_run(run_dir: str | Path) -> RunModels:
     if not trained:
         raise InputError("the run folder has no trained models", file=run_dir,
                          expected="detection/<sequence>/checkpoint_last.pt (or detection/shared/checkpoint_last.pt) and prediction/<sequence>/"
-                                  "<mri|fusion>/checkpoint.pt for at least one sequence (npc-msom run)")
+                                  "<mri|fusion>/checkpoint.pt or <patient|patient_fusion>/model.json for at least one "
+                                  "sequence (npc-msom run)")
     return RunModels(run_dir, config, trained, untrained)
 
 
@@ -277,6 +287,8 @@ class SequencePrediction:
     masks_px: dict[str, np.ndarray]       # structure -> bool (Z, S, S) on the slices
     series: Series
     volume: object                        # preprocess.volume.VolumeSlices
+    patient_inputs: object = None         # prediction.patient.PatientInputs of the patient-level models
+    mask_source: str = ""                 # where the patient-level models' masks came from
 
 
 def _detect_volume(detector, images: np.ndarray, indices: list[int], device, threshold: float, classes: list[str],
@@ -320,12 +332,18 @@ def _to_series_grid(mask_1mm: np.ndarray, volume, series: Series) -> np.ndarray:
 
 def predict_sequence(run: RunModels, seq: str, series: Series, volume, models: dict[str, StageModel],
                      clinical_row: pd.DataFrame | None, contour_slices: tuple[list[int], list[int]] | None,
-                     device: torch.device, score_threshold: float, patient_id: str) -> SequencePrediction:
-    """Detections, slice choice, slice probabilities and the patient's scores of one sequence."""
+                     device: torch.device, score_threshold: float, patient_id: str,
+                     patient_models: dict | None = None, need_inputs: bool = False) -> SequencePrediction:
+    """Detections, slice choice, slice probabilities and the patient's scores of one sequence.
+
+    patient_models: {model: prediction.patient.PatientModel} of this sequence; need_inputs: compute
+    the patient-level inputs (also when only the combined patient models use this sequence)."""
     from npc_msom.detection import load_detector, select_tumour_slices  # noqa: PLC0415
     from npc_msom.prediction.stage import aggregate  # noqa: PLC0415
     from npc_msom.prediction.train import slice_probabilities  # noqa: PLC0415
-    pc = next(iter(models.values())).config.prediction
+    patient_models = patient_models or {}
+    need_inputs = need_inputs or bool(patient_models)
+    pc = run.config.prediction
     detector, meta = load_detector(run.detector_path(seq), device)
     if int(meta["image_size"]) != volume.images.shape[-1]:
         raise InputError(f"the {seq} detector takes {meta['image_size']} px slices, the run's preprocessing makes "
@@ -337,6 +355,10 @@ def predict_sequence(run: RunModels, seq: str, series: Series, volume, models: d
     searched = sorted(set(np.flatnonzero(volume.body_fraction > 0).tolist()) | set(pos) | set(neg))
     light, table, masks_px = _detect_volume(detector, volume.images, searched, device, score_threshold, classes,
                                             volume.z_mm)
+    model_masks = masks_px   # the patient-level models' detector masks: at the threshold stage 2 used
+    if need_inputs and abs(score_threshold - pc.detector_threshold) > 1e-12:
+        _, _, model_masks = _detect_volume(detector, volume.images, searched, device, pc.detector_threshold,
+                                           classes, volume.z_mm)
     if not pos:
         rule, candidates = "automatic", searched
     elif pc.slices == "contours":
@@ -362,12 +384,55 @@ def predict_sequence(run: RunModels, seq: str, series: Series, volume, models: d
         scores[name] = {"score": score, "cutoff": sm.cutoff, "cutoff_method": "youden_train (stage 2)",
                         "risk_group": ("high" if score >= sm.cutoff else "low") if np.isfinite(score) else "",
                         "n_slices": len(scored)}
+    inputs, mask_source = None, ""
+    if need_inputs:
+        from npc_msom.prediction.patient import new_patient_inputs, score_patients  # noqa: PLC0415
+        # as stage 2: contour masks where the slices are the contours' (slices: contours), else the detector's
+        mask_source = "contours" if rule == "contours" else "detector"
+        if mask_source == "contours":
+            slice_masks = [contour_slice_masks(volume, z) for z in scored]
+        else:
+            slice_masks = [{"GTV": model_masks["GTV"][z] if "GTV" in model_masks else np.zeros(images[0].shape, bool),
+                            "GTVln": model_masks["GTVln"][z] if "GTVln" in model_masks
+                            else np.zeros(images[0].shape, bool)} for z in scored]
+        inputs = new_patient_inputs(run.config, run.run_dir, seq, patient_id, images, slice_masks,
+                                    [float(volume.z_mm[z]) for z in scored], volume.pixel_mm, device)
+        for name, pm in patient_models.items():
+            score = float("nan")
+            if inputs.ids:
+                p_img, p_fus, _ = score_patients([inputs], [patient_id], pm.image, pm.fusion, pm.encoder,
+                                                 clinical_row if pm.fusion is not None else None)
+                score = float((p_fus if pm.fusion is not None else p_img)[0])
+            scores[name] = {"score": score, "cutoff": pm.cutoff, "cutoff_method": "youden_train (stage 2)",
+                            "risk_group": ("high" if score >= pm.cutoff else "low") if np.isfinite(score) else "",
+                            "n_slices": len(scored), "masks": mask_source}
     masks = {}
     for name, m in masks_px.items():
         grid = _to_series_grid(volume.to_grid(m), volume, series)
         masks[name] = grid
     return SequencePrediction(seq, rule, scored, probabilities, scores, table, searched, masks, masks_px, series,
-                              volume)
+                              volume, inputs, mask_source)
+
+
+def contour_slice_masks(volume, z: int) -> dict[str, np.ndarray]:
+    """{"GTV", "GTVln"} bool (S, S) of 1 mm plane ``z`` from the patient's contours, made as the
+    stage makes its annotations and stage 2 reads them back (square canvas, per-instance resize,
+    polygons, rasterised)."""
+    from npc_msom.detection.data import segmentation_to_mask  # noqa: PLC0415
+    from npc_msom.preprocess.coco import instance_annotation  # noqa: PLC0415
+    from npc_msom.preprocess.slices import pad_to_square, resize_instances  # noqa: PLC0415
+    size = int(volume.images.shape[-1])
+    out = {}
+    for name in ("GTV", "GTVln"):
+        m = np.zeros((size, size), bool)
+        if name in volume.masks:
+            sq, _ = pad_to_square(volume.masks[name][z], fill=False)
+            for inst in resize_instances(sq, size):
+                seg = instance_annotation(inst, name).get("segmentation")
+                if seg:
+                    m |= segmentation_to_mask(seg, size, size).astype(bool)
+        out[name] = m
+    return out
 
 
 # ---- the patient --------------------------------------------------------------------------------
@@ -385,6 +450,7 @@ class PatientPrediction:
     score_threshold: float
     input: PatientInput
     seconds: float = 0.0
+    combined_patient: dict = field(default_factory=dict)   # model -> the multi-sequence patient models' scores
 
     def summary(self) -> dict:
         """summary.json: what was scored, how, and the outputs' file names (relative to --out)."""
@@ -401,6 +467,7 @@ class PatientPrediction:
             seqs[seq] = {"slice_rule": sp.slice_rule, "n_slices_scored": len(sp.scored),
                          "scored_z_mm": [float(sp.volume.z_mm[z]) for z in sp.scored],
                          "n_slices_searched": len(sp.searched), "detections": det,
+                         "descriptors": _descriptors(sp), "descriptor_masks": sp.mask_source or None,
                          "models": {m: {k: (round(v, 6) if isinstance(v, float) else v) for k, v in s.items()}
                                     for m, s in sp.scores.items()},
                          "files": _files_of(seq, self.source)}
@@ -408,7 +475,17 @@ class PatientPrediction:
                 "clinical_file": self.clinical_file, "score_threshold": self.score_threshold,
                 "sequences": seqs, "missing_sequences": self.missing,
                 "untrained_sequences": self.untrained, "combined": self.combined,
+                "combined_patient_models": self.combined_patient,
                 "seconds": round(self.seconds, 2)}
+
+
+def _descriptors(sp: SequencePrediction) -> dict | None:
+    """The tumour-burden descriptors the patient-level models used (mm, ml, counts)."""
+    inp = sp.patient_inputs
+    if inp is None or inp.burden.empty:
+        return None
+    row = inp.burden.iloc[0]
+    return {k: (round(float(v), 4) if np.isfinite(v) else None) for k, v in row.items()}
 
 
 def _files_of(seq: str, source: str) -> dict:
@@ -480,15 +557,18 @@ def predict(run_dir: str | Path, patient_dir: str | Path, clinical: str | Path |
                 if m == "fusion" and clinical is None:
                     continue
                 models[s][m] = load_stage_model(run, s, m, device)
+    pmodels = load_patient_models(run, usable, with_clinical=clinical is not None)
     clinical_row = None
     if clinical is not None:
-        enc = next((mm.encoder for s in usable for mm in models[s].values() if mm.encoder is not None), None)
-        if enc is None:
+        encoders = [mm.encoder for s in usable for mm in models[s].values() if mm.encoder is not None]
+        encoders += [pm.encoder for d in pmodels.values() for pm in d.values() if pm.encoder is not None]
+        if not encoders:
             log.warning("a clinical file was given but the run has no fusion model: it is not used")
         else:
-            clinical_row = read_clinical_row(clinical, pid, [c.name for c in enc.columns])
+            columns = list(dict.fromkeys(c.name for enc in encoders for c in enc.columns))
+            clinical_row = read_clinical_row(clinical, pid, columns)
     for s in usable:
-        if not models[s]:
+        if not models[s] and not pmodels.get(s):
             raise InputError(f"the {s} model needs a clinical row (the run has only a fusion model)", patient=pid,
                              file=run.model_dir(s, "fusion"), expected="--clinical FILE with this patient's row")
     thr = float(cfg.prediction.detector_threshold if score_threshold is None else score_threshold)
@@ -511,12 +591,64 @@ def predict(run_dir: str | Path, patient_dir: str | Path, clinical: str | Path |
                                  rng=rng)
         if s not in usable:
             continue
-        preds[s] = predict_sequence(run, s, series, volume, models[s], clinical_row, (pos, neg), device, thr, pid)
+        need = any(s in pm.sequences for pm in pmodels.get("combined", {}).values())
+        preds[s] = predict_sequence(run, s, series, volume, models[s], clinical_row, (pos, neg), device, thr, pid,
+                                    patient_models=pmodels.get(s, {}), need_inputs=need)
         log.info("%s %s: %s slices, %s", pid, s, preds[s].slice_rule,
                  ", ".join(f"{m} {v['score']:.3f} ({v['risk_group']})" for m, v in preds[s].scores.items()))
     return PatientPrediction(pid, pin.source, Path(run_dir), preds, missing, run.untrained, _combined(run, preds),
                              str(clinical) if clinical is not None else None, thr, pin,
-                             time.perf_counter() - t0)
+                             time.perf_counter() - t0,
+                             _combined_patient(pmodels.get("combined", {}), preds, pid, clinical_row))
+
+
+def load_patient_models(run: RunModels, usable: list[str], with_clinical: bool) -> dict[str, dict]:
+    """{sequence | "combined": {model: PatientModel}} of the run's patient-level models that can
+    score this patient (``patient_fusion`` only with a clinical row; the combined models when the
+    patient has at least one of their sequences)."""
+    from npc_msom.prediction.patient import PATIENT_MODELS, load_patient_model  # noqa: PLC0415
+    out: dict[str, dict] = {}
+    for where in [*usable, "combined"]:
+        for m in PATIENT_MODELS:
+            if m == "patient_fusion" and not with_clinical:
+                continue
+            if not (run.run_dir / "prediction" / where / m / "model.json").is_file():
+                continue
+            pm = load_patient_model(run.run_dir, where, m)
+            if where == "combined" and not set(pm.sequences) & set(usable):
+                continue
+            out.setdefault(where, {})[m] = pm
+    return out
+
+
+def _combined_patient(pmodels: dict, preds: dict[str, SequencePrediction], pid: str,
+                      clinical_row: pd.DataFrame | None) -> dict:
+    """The multi-sequence patient models' scores: a sequence the patient lacks (or that scored no
+    slice) enters as the training patients' mean, as stage 2 scores such patients."""
+    from npc_msom.prediction.patient import PatientInputs, score_patients  # noqa: PLC0415
+    out = {}
+    for name, pm in pmodels.items():
+        inputs, used = [], []
+        for s in pm.sequences:
+            sp = preds.get(s)
+            if sp is not None and sp.patient_inputs is not None and sp.patient_inputs.ids:
+                inputs.append(sp.patient_inputs)
+                used.append(s)
+            else:   # no rows: every group of the sequence is imputed with the training mean
+                widths = {g.split(":")[0]: w for g, w in pm.image.widths.items() if g.endswith(f":{s}")}
+                inputs.append(PatientInputs(s, [], {g: np.zeros((0, w)) for g, w in widths.items()}, pd.DataFrame()))
+        if not used:
+            continue
+        p_img, p_fus, _ = score_patients(inputs, [pid], pm.image, pm.fusion, pm.encoder,
+                                         clinical_row if pm.fusion is not None else None)
+        score = float((p_fus if pm.fusion is not None else p_img)[0])
+        out[name] = {"model": name, "sequences": used, "score": round(score, 6), "cutoff": pm.cutoff,
+                     "cutoff_method": "youden_train (stage 2, prediction/combined/" + name + ")",
+                     "risk_group": "high" if score >= pm.cutoff else "low",
+                     "note": "" if len(used) == len(pm.sequences) else
+                     f"scored from {'/'.join(used)}; {'/'.join(x for x in pm.sequences if x not in used)} "
+                     "set to the training mean"}
+    return out
 
 
 def _resampled_masks(series: Series, pp) -> dict:

@@ -1,5 +1,6 @@
 """Fixtures of the predict tests: a trained run folder (the 6 synthetic patients of ``small_run``
-with tiny random detectors, and stage-2 heads of T1WI and T2WI trained in seconds; CE-T1WI has a
+with tiny random detectors, and stage-2 heads and patient-level models of T1WI and T2WI (and
+the two together) trained in seconds; CE-T1WI has a
 detector only) and a patient the run never saw (one more synthetic patient, another seed)."""
 from __future__ import annotations
 
@@ -38,9 +39,13 @@ def trained_run(tmp_path_factory, small_run, run_config):
     (root / "config.yaml").write_text(dump_config(run_config))
     for i, seq in enumerate(("T1WI", "T2WI", "CE-T1WI")):
         write_detector_checkpoint(root, seq, run_config, seed=i)
+    from npc_msom.prediction.patient import train_patient_models_for_run
+    cache: dict = {}
     for seq in TRAINED:
         for model in ("mri", "fusion"):
             train_predictor_for_run(run_config, root, seq, model, device="cpu")
+        train_patient_models_for_run(run_config, root, [seq], device="cpu", cache=cache)
+    train_patient_models_for_run(run_config, root, list(TRAINED), device="cpu", cache=cache)
     combine_for_run(run_config, root)
     return root
 

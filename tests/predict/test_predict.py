@@ -97,6 +97,24 @@ def test_run_patient_with_contours_equals_stage2(trained_run, synth_cohort_dir, 
     assert pred.combined["score"] == pytest.approx(comb["score"], abs=1e-5)
     assert pred.combined["cutoff"] == pytest.approx(comb["cutoff"], rel=1e-5)
     assert pred.combined["risk_group"] == comb["risk_group"]
+    # the patient-level models: the same masks (contours), descriptors and scores as stage 2
+    for seq, sp in pred.sequences.items():
+        assert sp.mask_source == "contours"
+        stored = pd.read_csv(trained_run / "prediction" / seq / "patient" / "descriptors.csv",
+                             dtype={"patient_id": str}).set_index("patient_id").loc[pid]
+        mine = sp.patient_inputs.burden.loc[pid]
+        assert np.allclose(mine.to_numpy(float), stored[mine.index].to_numpy(float), rtol=1e-4, atol=1e-6,
+                           equal_nan=True), (seq, mine, stored)
+        for model in ("patient", "patient_fusion"):
+            row = read_scores(trained_run / "prediction" / seq / model / "patient_scores.csv").set_index(
+                "patient_id").loc[pid]
+            assert sp.scores[model]["score"] == pytest.approx(row["score"], abs=1e-5), (seq, model)
+            assert sp.scores[model]["risk_group"] == row["risk_group"]
+    for model in ("patient", "patient_fusion"):
+        row = read_scores(trained_run / "prediction" / "combined" / model / "patient_scores.csv").set_index(
+            "patient_id").loc[pid]
+        assert pred.combined_patient[model]["score"] == pytest.approx(row["score"], abs=1e-5), model
+        assert pred.combined_patient[model]["sequences"] == ["T1WI", "T2WI"]
 
     out = tmp_path / "out"
     write_prediction(pred, out)
@@ -110,6 +128,10 @@ def test_run_patient_with_contours_equals_stage2(trained_run, synth_cohort_dir, 
         assert Image.open(out / seq / "overlay.png").size[0] > 100
         assert (out / seq / "RTSTRUCT_pred.dcm").is_file()
     assert summary["combined"]["score"] == pytest.approx(pred.combined["score"])
+    assert summary["combined_patient_models"]["patient"]["score"] == pytest.approx(
+        pred.combined_patient["patient"]["score"])
+    assert summary["sequences"]["T1WI"]["descriptor_masks"] == "contours"
+    assert summary["sequences"]["T1WI"]["descriptors"]["gtv_volume_ml"] > 0
     assert summary["untrained_sequences"] == {"CE-T1WI": "no stage-2 model"}
     assert not list(tmp_path.glob(".out*"))     # no temporary folder left behind
 
@@ -125,7 +147,12 @@ def test_new_patient_without_contours_is_scored_automatically(trained_run, auto_
     run = read_run(trained_run)
     for seq, sp in pred.sequences.items():
         assert sp.slice_rule == "automatic"
-        assert set(sp.scores) == {"mri"}            # no clinical file: no fusion score
+        assert set(sp.scores) == {"mri", "patient"}   # no clinical file: no fusion score
+        # the patient-level model on the detector's masks of the slices it chose
+        assert sp.mask_source == "detector" and sp.scores["patient"]["masks"] == "detector"
+        assert 0 <= sp.scores["patient"]["score"] <= 1
+        n_gtv = int(sum(sp.masks_px["GTV"][z].any() for z in sp.scored))
+        assert (sp.patient_inputs.burden["gtv_volume_ml"].iloc[0] > 0) == (n_gtv > 0)
         dets = stub_detect(None, [sp.volume.images[z] for z in sp.searched])
         expect = [sp.searched[i] for i in select_tumour_slices(dets, sp.volume.z_mm[sp.searched],
                                                                 score_threshold=0.5, labels=[1])]
@@ -188,7 +215,7 @@ def test_rtstruct_is_valid_and_reads_back(trained_run, new_cohort, stub_detector
     pred = predict(trained_run, folder, cohort_dir / "clinical.csv", device="cpu")
     out = tmp_path / "out"
     summary = write_prediction(pred, out)
-    assert set(summary["sequences"]["T1WI"]["models"]) == {"mri", "fusion"}
+    assert set(summary["sequences"]["T1WI"]["models"]) == {"mri", "fusion", "patient", "patient_fusion"}
     if shutil.which("dciodvfy") is None:
         if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
             pytest.fail("dciodvfy is not installed; under CI it must be", pytrace=False)

@@ -75,7 +75,8 @@ def test_nothing_fitted_changes_with_validation_patients_values(pred_run, tiny_p
         assert model_a[part] == model_b[part], part
 
 
-def test_stage_runs_per_sequence_and_multi_sequence_with_a_missing_sequence(pred_run, tiny_prediction_config):
+def test_stage_runs_per_sequence_and_multi_sequence_with_a_missing_sequence(pred_run, tiny_prediction_config,
+                                                                            monkeypatch):
     cfg = _cfg(tiny_prediction_config)
     # one patient loses its T2WI slices: the multi-sequence model still scores it, from the others
     sl = pd.read_csv(pred_run / "preprocessed" / "T2WI" / "slices.csv", dtype={"patient_id": str})
@@ -90,6 +91,15 @@ def test_stage_runs_per_sequence_and_multi_sequence_with_a_missing_sequence(pred
     assert np.isfinite(multi.loc[gone, "score"]) and "missing sequences" in multi.loc[gone, "note"]
     groups = json.loads((pred_run / "prediction" / "combined" / "patient" / "metrics.json").read_text())["groups"]
     assert set(groups) == {f"{g}:{s}" for g in ("burden", "deep") for s in ("T1WI", "T2WI", "CE-T1WI")}
+
+    # resumed with the same settings: every patient model is up to date, so no patient input is computed
+    import npc_msom.prediction.patient as patient_mod
+
+    def refuse(*a, **k):
+        raise AssertionError("patient inputs recomputed on resume")
+    monkeypatch.setattr(patient_mod, "patient_inputs", refuse)
+    again = prediction_stage(cfg, pred_run)
+    assert all(again[k].skipped for k in ("T1WI/patient", "combined/patient_fusion"))
 
 
 def test_shared_pass_fills_the_study_cache_with_the_study_vectors(pred_run, tiny_prediction_config):
@@ -142,3 +152,28 @@ def test_automatic_mode_takes_masks_from_the_detector(pred_run, tiny_prediction_
     assert (desc["gtv_volume_ml"] < contours.loc[desc.index, "gtv_volume_ml"]).all()
     assert len(list((pred_run / "prediction" / SEQ / "features").glob("regions-*.npz"))) == 2
     assert res["patient"].metrics["slices"] == "detector"
+    # per validation patient: the descriptors from the detector's masks beside those from the contours
+    split = json.loads((pred_run / "preprocessed" / "split.json").read_text())
+    vs = pd.read_csv(pred_run / "prediction" / SEQ / "patient" / "descriptors_detector_vs_contours.csv",
+                     dtype={"patient_id": str})
+    assert set(vs["patient_id"]) == set(split["val"]) and set(vs["descriptor"]) == set(BURDEN_FEATURES)
+    gtv = vs[vs["descriptor"] == "gtv_volume_ml"].set_index("patient_id")
+    assert np.allclose(gtv["contours"], contours.loc[gtv.index, "gtv_volume_ml"], rtol=1e-4)
+    agree = res["patient"].metrics["descriptor_agreement"]["descriptors"]["gtv_volume_ml"]
+    assert agree["n"] == len(split["val"]) and agree["mean_difference"] < 0   # the untrained detector misses
+
+
+def test_descriptor_agreement_by_hand():
+    """detector - contours per descriptor over the patients the detector scored; a patient it missed
+    keeps its contour value and a NaN detector value in the table."""
+    from npc_msom.prediction.patient import descriptor_agreement
+    ids = ["a", "b", "c", "d"]
+    contours = pd.DataFrame({f: [1.0, 2.0, 3.0, 4.0] for f in BURDEN_FEATURES}, index=ids)
+    detector = pd.DataFrame({f: [0.5, 2.0, 2.5] for f in BURDEN_FEATURES}, index=["a", "b", "c"])
+    table, summary = descriptor_agreement(detector, contours, ids)
+    assert len(table) == 4 * len(BURDEN_FEATURES)
+    d = table[(table["descriptor"] == "n_nodes") & (table["patient_id"] == "d")].iloc[0]
+    assert d["contours"] == 4.0 and np.isnan(d["detector"])
+    s = summary["gtv_volume_ml"]
+    assert s["n"] == 3 and s["mean_difference"] == pytest.approx(-1 / 3)
+    assert s["mean_abs_difference"] == pytest.approx(1 / 3) and s["spearman"] == pytest.approx(1.0)

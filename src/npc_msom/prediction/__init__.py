@@ -29,34 +29,35 @@ def prediction_stage(config, run_dir: str | Path, sequences=None, *, force: bool
     combined model, then CV when ``prediction.cv_folds`` > 1. Returns {name: PredictorResult | dict}."""
     run_dir = Path(run_dir)
     out: dict = {}
-    from npc_msom.prediction.patient import patient_inputs  # noqa: PLC0415
+    from npc_msom.prediction.patient import patient_inputs, patient_models_done  # noqa: PLC0415
     from npc_msom.runtime import resolve_device  # noqa: PLC0415
     dev = resolve_device(config.device) if device is None else device
     inputs: dict = {}  # each sequence's patient vectors, computed once for its own and the combined models
-    for seq in sequences or config.preprocess.sequences:
-        if not (run_dir / "preprocessed" / seq / "slices.csv").is_file():
-            continue
-        if any(m in PATIENT_MODELS for m in config.prediction.models):
+    present = [s for s in (sequences or config.preprocess.sequences)
+               if (run_dir / "preprocessed" / s / "slices.csv").is_file()]
+    multi = [s for s in config.prediction.combine_sequences if s in present]
+    for seq in present:
+        needed = config.prediction.cv_folds > 1 or force or not patient_models_done(config, run_dir, [seq]) or (
+            seq in multi and len(multi) > 1 and not patient_models_done(config, run_dir, multi))
+        if any(m in PATIENT_MODELS for m in config.prediction.models) and needed:
             # first, so that the study's whole-slice vectors come from the same forward pass
             inputs[seq] = patient_inputs(config, run_dir, seq, dev)
         for model in config.prediction.models:
             if model in MODELS:
                 out[f"{seq}/{model}"] = train_predictor_for_run(config, run_dir, seq, model, device=device,
                                                                 force=force)
-    present = [s for s in (sequences or config.preprocess.sequences)
-               if (run_dir / "preprocessed" / s / "slices.csv").is_file()]
     for seq in present:
         for k, v in train_patient_models_for_run(config, run_dir, [seq], device=device, force=force,
                                                  cache=inputs).items():
             out[f"{seq}/{k}"] = v
-    multi = [s for s in config.prediction.combine_sequences if s in present]
     if len(multi) > 1:
         for k, v in train_patient_models_for_run(config, run_dir, multi, device=device, force=force,
                                                  cache=inputs).items():
             out[f"combined/{k}"] = v
     out.update({f"combined/{k}": v for k, v in combine_for_run(config, run_dir, force=force).items()})
     if config.prediction.cv_folds > 1:
-        out["cv"] = cv_for_run(config, run_dir, config.prediction.cv_folds, config.prediction.cv_repeats, device)
+        out["cv"] = cv_for_run(config, run_dir, config.prediction.cv_folds, config.prediction.cv_repeats, device,
+                               patient_inputs=inputs)
     return out
 
 

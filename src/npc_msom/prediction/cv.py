@@ -33,9 +33,12 @@ log = logging.getLogger(__name__)
 
 
 def cv_for_run(config: Config, run_dir: str | Path, folds: int, repeats: int = 1,
-               device: torch.device | str | None = None) -> dict:
+               device: torch.device | str | None = None, patient_inputs: dict | None = None) -> dict:
     """Out-of-fold scores of every (sequence, model) and of the combined mean; writes
-    ``prediction/cv/cv_scores.csv`` and ``cv_metrics.json``; returns the metrics."""
+    ``prediction/cv/cv_scores.csv`` and ``cv_metrics.json``; returns the metrics.
+
+    patient_inputs: {sequence: PatientInputs} already computed for this run's settings (the stage's),
+    filled in where missing."""
     pc = config.prediction
     if pc.finetune != "head":
         raise ConfigError("cross-validation retrains the head per fold; it needs prediction.finetune=head "
@@ -83,7 +86,7 @@ def cv_for_run(config: Config, run_dir: str | Path, folds: int, repeats: int = 1
                     rows.append({"repeat": rep, "fold": fold, "sequence": seq, "model": model, "patient_id": pid,
                                  "score": score})
     from npc_msom.prediction.patient import patient_cv_rows  # noqa: PLC0415
-    rows += patient_cv_rows(config, run_dir, assignments, clinical, list(ids), device)
+    rows += patient_cv_rows(config, run_dir, assignments, clinical, list(ids), device, cache=patient_inputs)
     df = pd.DataFrame(rows)
     if df.empty:
         raise ConfigError("cross-validation found no preprocessed sequence to run on")

@@ -62,6 +62,7 @@ class PatientInputs:
     blocks: dict[str, np.ndarray]
     burden: pd.DataFrame
     feature_seconds: float = 0.0
+    contour_burden: pd.DataFrame | None = None   # slices: detector: the same descriptors from the contours
 
 
 # ---- masks --------------------------------------------------------------------------------------
@@ -118,6 +119,34 @@ def detector_masks(model, meta: dict, images_dir: Path, slices: pd.DataFrame, th
 
 # ---- region vectors, cached ---------------------------------------------------------------------
 
+def _region_masks(m: dict, shape: tuple[int, int], regions, ring_mm: float, pixel_mm: float) -> dict:
+    """The pooling masks of one slice: the whole slice (``pooling: slice``) or the three regions."""
+    if tuple(regions) == ("slice",):
+        return {"slice": np.ones(shape, bool)}
+    return slice_region_masks(m.get("GTV"), m.get("GTVln"), ring_mm, pixel_mm, shape)
+
+
+def slice_vectors(net, images: list[np.ndarray], masks: list[dict], pixel_mm: float, *, regions, ring_mm: float,
+                  device: torch.device, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors (N, R, C), areas (N, R)) of slices held in memory (``npc-msom predict``): the
+    computation of :func:`region_features` without its cache."""
+    if not images:
+        return np.zeros((0, len(regions), net.channels), np.float32), np.zeros((0, len(regions)), np.float32)
+    net.eval()
+    out_v, out_a = [], []
+    with torch.inference_mode():
+        for s in range(0, len(images), batch_size):
+            imgs = images[s:s + batch_size]
+            fmaps = net.level_maps(torch.from_numpy(np.stack(imgs))[:, None].to(device),
+                                   [net.feature_level])[net.feature_level].float().cpu()
+            rmasks = [_region_masks(m, img.shape, regions, ring_mm, pixel_mm)
+                      for m, img in zip(masks[s:s + batch_size], imgs)]
+            v, a = pool_regions(fmaps, rmasks, regions)
+            out_v.append(v)
+            out_a.append(a)
+    return np.concatenate(out_v), np.concatenate(out_a)
+
+
 def region_features(net, images_dir: Path, slices: pd.DataFrame, masks: dict, *, regions, ring_mm: float,
                     cache_path: Path, device: torch.device, batch_size: int = 32,
                     also_pooled: tuple[str, Path] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -153,13 +182,7 @@ def region_features(net, images_dir: Path, slices: pd.DataFrame, masks: dict, *,
                 if also_pooled:
                     gap = maps[also_pooled[0]].float().mean(dim=(-2, -1)).cpu().numpy()
                     pooled.update({f: gap[i][None] for i, f in enumerate(chunk)})
-                rmasks = []
-                for f, img in zip(chunk, imgs):
-                    m = masks[f]
-                    if tuple(regions) == ("slice",):
-                        rmasks.append({"slice": np.ones(img.shape, bool)})
-                    else:
-                        rmasks.append(slice_region_masks(m.get("GTV"), m.get("GTVln"), ring_mm, pixel[f], img.shape))
+                rmasks = [_region_masks(masks[f], img.shape, regions, ring_mm, pixel[f]) for f, img in zip(chunk, imgs)]
                 vecs, areas = pool_regions(fmaps, rmasks, regions)
                 have.update({f: (vecs[i], areas[i]) for i, f in enumerate(chunk)})
         if also_pooled and pooled:
@@ -203,11 +226,17 @@ def patient_burden(slices: pd.DataFrame, masks: dict, images_dir: Path, thicknes
             m = masks[r.file_name]
             planes[float(r.z_mm)] = {"GTV": m["GTV"], "GTVln": m["GTVln"],
                                      "image": load_slice(images_dir / r.file_name)}
-        vol, _ = stack_planes(planes, thickness_mm)
-        px = float(rows_p["pixel_mm"].astype(float).median())
-        rows[str(pid)] = burden_descriptors(vol["GTV"], vol["GTVln"], (thickness_mm, px, px), vol["image"],
-                                            ring_mm=ring_mm)
+        rows[str(pid)] = planes_burden(planes, thickness_mm, float(rows_p["pixel_mm"].astype(float).median()),
+                                       ring_mm)
     return pd.DataFrame.from_dict(rows, orient="index", columns=list(BURDEN_FEATURES)).rename_axis("patient_id")
+
+
+def planes_burden(planes: dict[float, dict[str, np.ndarray]], thickness_mm: float, pixel_mm: float,
+                  ring_mm: float) -> dict[str, float]:
+    """BURDEN_FEATURES of one patient from its scored slices: {z_mm: {"GTV", "GTVln", "image"}}."""
+    vol, _ = stack_planes(planes, thickness_mm)
+    return burden_descriptors(vol["GTV"], vol["GTVln"], (thickness_mm, pixel_mm, pixel_mm), vol["image"],
+                              ring_mm=ring_mm)
 
 
 def burden_matrix(table: pd.DataFrame) -> np.ndarray:
@@ -251,6 +280,12 @@ def patient_inputs(config: Config, run_dir: Path, sequence: str, device: torch.d
         mask_key = {"source": "contours"}
     mask_key["slices"] = file_digest(run_dir / "preprocessed" / sequence / "slices.csv")
     burden = patient_burden(slices, masks, images_dir, slice_thickness_mm(config), pc.ring_mm)
+    contour_burden = None
+    if pc.slices == "detector":   # what the detector's masks measure against what the contours measure
+        tumour = read_slices(run_dir, sequence)
+        tumour = tumour[~tumour["negative"].astype(bool)].reset_index(drop=True)
+        contour_burden = patient_burden(tumour, contour_masks(run_dir, sequence, tumour), images_dir,
+                                        slice_thickness_mm(config), pc.ring_mm)
     ids = list(burden.index)
     blocks = {"burden": burden_matrix(burden)}
     if pc.deep:
@@ -276,7 +311,29 @@ def patient_inputs(config: Config, run_dir: Path, sequence: str, device: torch.d
         blocks.pop("burden")
     if not blocks:
         raise ConfigError("prediction.burden and prediction.deep are both off: the patient model has no input")
-    return PatientInputs(sequence, ids, blocks, burden, time.perf_counter() - t0)
+    return PatientInputs(sequence, ids, blocks, burden, time.perf_counter() - t0, contour_burden)
+
+
+def descriptor_agreement(detector: pd.DataFrame, contours: pd.DataFrame, ids: list[str]) -> tuple[pd.DataFrame, dict]:
+    """Per patient of ``ids`` and descriptor: the value from the detector's masks beside the one
+    from the contours (long table), and per descriptor the agreement over those patients: mean
+    difference (detector - contours), mean absolute difference, Spearman rho. A patient the
+    detector found no slice for has NaN detector values."""
+    from scipy.stats import spearmanr  # noqa: PLC0415
+    ids = [p for p in ids if p in contours.index]
+    rows, summary = [], {}
+    for f in BURDEN_FEATURES:
+        d = np.array([detector.loc[p, f] if p in detector.index else np.nan for p in ids], float)
+        c = contours.loc[ids, f].to_numpy(float)
+        rows += [{"patient_id": p, "descriptor": f, "contours": cv, "detector": dv} for p, cv, dv in zip(ids, c, d)]
+        ok = np.isfinite(d) & np.isfinite(c)
+        rho = float("nan")
+        if ok.sum() >= 3 and np.ptp(d[ok]) > 0 and np.ptp(c[ok]) > 0:
+            rho = float(spearmanr(d[ok], c[ok]).statistic)
+        summary[f] = {"n": int(ok.sum()), "mean_difference": float(np.mean(d[ok] - c[ok])) if ok.any() else None,
+                      "mean_abs_difference": float(np.mean(np.abs(d[ok] - c[ok]))) if ok.any() else None,
+                      "spearman": None if not np.isfinite(rho) else round(rho, 4)}
+    return pd.DataFrame(rows, columns=["patient_id", "descriptor", "contours", "detector"]), summary
 
 
 # ---- fitting and scoring ------------------------------------------------------------------------
@@ -358,6 +415,20 @@ def patient_settings(config: Config, run_dir: Path, sequences: list[str]) -> dic
             "fusion": FUSION_DESIGN}
 
 
+def patient_models_done(config: Config, run_dir: Path, sequences: list[str]) -> bool:
+    """True when every patient-level model of ``sequences`` holds finished outputs of this run's
+    settings (nothing to fit: their inputs need not be computed)."""
+    from npc_msom.errors import StaleArtifactError  # noqa: PLC0415
+    from npc_msom.prediction.stage import check_stale  # noqa: PLC0415
+    wanted = [m for m in PATIENT_MODELS if m in config.prediction.models]
+    where = Path(run_dir) / "prediction" / (sequences[0] if len(sequences) == 1 else "combined")
+    try:
+        settings = patient_settings(config, Path(run_dir), sequences)
+        return all(check_stale(where / m, {**settings, "model": m}, False) for m in wanted)
+    except (StaleArtifactError, InputError, FileNotFoundError):
+        return False   # the training call says what is wrong
+
+
 def train_patient_models_for_run(config: Config, run_dir: str | Path, sequences: list[str], *,
                                  device: torch.device | str | None = None, force: bool = False,
                                  cache: dict | None = None) -> dict:
@@ -406,8 +477,13 @@ def train_patient_models_for_run(config: Config, run_dir: str | Path, sequences:
     p_img, p_fus, notes = score_patients(inputs, ids, image, fusion, enc, clinical if fusion else None)
     labels = labels_of(clinical, ids)
     seconds = time.perf_counter() - t0
+    agreement = None
     if len(sequences) == 1:
         write_text_atomic(where / "patient" / "descriptors.csv", inputs[0].burden.to_csv(float_format="%.6g"))
+        if inputs[0].contour_burden is not None:   # automatic mode: the validation patients' masks vs contours
+            table_a, agreement = descriptor_agreement(inputs[0].burden, inputs[0].contour_burden, list(split["val"]))
+            write_text_atomic(where / "patient" / "descriptors_detector_vs_contours.csv",
+                              table_a.to_csv(index=False, float_format="%.6g"))
     for m in todo:
         out_dir = where / m
         probs = p_img if m == "patient" else p_fus
@@ -419,6 +495,10 @@ def train_patient_models_for_run(config: Config, run_dir: str | Path, sequences:
                  "selection": sel, "group_norms": image.group_norms(), "groups": {g: w for g, w in image.widths.items()},
                  "pooling": pc.pooling, "region_level": pc.region_level, "ring_mm": pc.ring_mm, "slices": pc.slices,
                  "n_train_patients": len(train_ids)}
+        if agreement is not None:
+            extra["descriptor_agreement"] = {"patients": "validation", "masks": "detector vs contours",
+                                             "file": "patient/descriptors_detector_vs_contours.csv",
+                                             "descriptors": agreement}
         if m == "patient_fusion":
             extra["fusion"] = fsel
             extra["clinical_features"] = enc.feature_names
@@ -471,3 +551,80 @@ def patient_cv_rows(config: Config, run_dir: Path, assignments, clinical: pd.Dat
                 rows += [{"repeat": rep, "fold": fold, "sequence": name, "model": m, "patient_id": p,
                           "score": float(v)} for p, v in zip(val, probs)]
     return rows
+
+
+# ---- one new patient (``npc-msom predict``) -----------------------------------------------------
+
+@dataclass
+class PatientModel:
+    """A fitted patient-level model read back from its folder (``model.json`` + ``metrics.json``)."""
+    model: str                   # patient | patient_fusion
+    where: str                   # the sequence, or "combined"
+    sequences: list[str]
+    image: GroupRidge
+    fusion: FusionModel | None
+    encoder: ClinicalEncoder | None
+    cutoff: float
+    settings: dict
+    path: Path
+
+
+def load_patient_model(run_dir: Path, where: str, model: str) -> PatientModel:
+    """prediction/<where>/<model>/model.json with its training cut-off; InputError when it is
+    incomplete, when its scores were made with other settings, or when the detector it used changed."""
+    from npc_msom.prediction.stage import detector_checkpoint  # noqa: PLC0415
+    out_dir = Path(run_dir) / "prediction" / where / model
+    path, metrics_path = out_dir / "model.json", out_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise InputError(f"the {where} {model} model has no metrics.json (stage 2 did not finish)", file=metrics_path,
+                         expected="metrics.json with the training-fitted risk_cutoff (rerun npc-msom run)")
+    state = json.loads(path.read_text())
+    metrics = json.loads(metrics_path.read_text())
+    if state.get("settings") != metrics.get("settings"):
+        raise InputError(f"the {where} {model} model and its scores were made with other settings", file=path,
+                         expected="model.json and metrics.json of the same stage-2 run (rerun with --force prediction)")
+    cutoff = metrics.get("risk_cutoff")
+    if cutoff is None or not np.isfinite(cutoff):
+        raise InputError(f"the {where} {model} model has no training cut-off", file=metrics_path,
+                         expected="risk_cutoff fitted on the training patients")
+    settings = state["settings"]
+    for seq, digest in (settings.get("detector") or {}).items():
+        det = detector_checkpoint(Path(run_dir), seq)
+        if not det.is_file() or file_digest(det) != digest:
+            raise InputError(f"the {seq} detector changed after the {where} {model} model was fitted on it", file=det,
+                             expected="the detector stage 2 used (rerun npc-msom run --force prediction)")
+    if model == "patient":
+        image, fusion, enc = GroupRidge.from_dict(state["image"]), None, None
+    else:
+        fusion = FusionModel.from_dict(state)
+        image, enc = fusion.image, ClinicalEncoder.from_dict(state["encoder"])
+    return PatientModel(model, where, list(settings["sequences"]), image, fusion, enc, float(cutoff), settings, path)
+
+
+def new_patient_inputs(config: Config, run_dir: Path, sequence: str, patient_id: str, images: list[np.ndarray],
+                       masks: list[dict], z_mm: list[float], pixel_mm: float, device: torch.device) -> PatientInputs:
+    """One new patient's groups of one sequence, as :func:`patient_inputs` makes them for the run's
+    patients: ``images`` float (S, S) in [0, 1] (as ``load_slice``), ``masks`` per slice
+    {"GTV", "GTVln"} (contours, or the detector's in automatic mode), ``z_mm`` per slice."""
+    pc = config.prediction
+    t0 = time.perf_counter()
+    planes = {float(z): {"GTV": m["GTV"], "GTVln": m["GTVln"], "image": img}
+              for z, m, img in zip(z_mm, masks, images)}
+    if not planes:
+        return PatientInputs(sequence, [], {}, pd.DataFrame(columns=list(BURDEN_FEATURES)).rename_axis("patient_id"))
+    burden = pd.DataFrame.from_dict({patient_id: planes_burden(planes, slice_thickness_mm(config), pixel_mm,
+                                                               pc.ring_mm)},
+                                    orient="index", columns=list(BURDEN_FEATURES)).rename_axis("patient_id")
+    blocks = {"burden": burden_matrix(burden)}
+    if pc.deep:
+        from npc_msom.prediction.stage import _extractor  # noqa: PLC0415
+        net, _, _ = _extractor(config, run_dir, sequence, 0, int(images[0].shape[-1]), level=pc.region_level)
+        net.to(device)
+        regions = REGIONS if pc.pooling == "region" else ("slice",)
+        vecs, areas = slice_vectors(net, images, masks, pixel_mm, regions=regions, ring_mm=pc.ring_mm, device=device,
+                                    batch_size=pc.feature_batch_size)
+        _, deep = aggregate_regions(np.array([patient_id] * len(images)), vecs, areas)
+        blocks["deep"] = deep
+    if not pc.burden:
+        blocks.pop("burden")
+    return PatientInputs(sequence, [patient_id], blocks, burden, time.perf_counter() - t0)

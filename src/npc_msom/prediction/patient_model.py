@@ -224,6 +224,10 @@ class FusionModel:
     def to_dict(self) -> dict:
         return {"image": self.image.to_dict(), "fusion": self.fusion.to_dict()}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "FusionModel":
+        return cls(GroupRidge.from_dict(d["image"]), GroupRidge.from_dict(d["fusion"]))
+
 
 def fit_fusion(image: GroupRidge, blocks: Mapping[str, np.ndarray], clinical: np.ndarray, y: np.ndarray, *,
                cs: Sequence[float] | None = DEFAULT_CS, c: float = 1.0, folds: int = 5, seed: int = 0
