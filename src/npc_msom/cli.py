@@ -173,6 +173,17 @@ def _headline(run_dir: Path, stages: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_validate(args) -> int:
+    from npc_msom.validate import validate_cohort
+    s = validate_cohort(args.run, args.cohort, args.out, clinical=args.clinical, skip_bad=args.skip_bad,
+                        allow_overlap=args.allow_overlap, device=args.device)
+    for k, v in s["models"].items():
+        auc = (v["external_auc"] or {}).get("auc")
+        print(f"{k}: external AUC {'n/a' if auc is None else f'{auc:.3f}'} (n {v['n_scored']})")
+    print(Path(args.out) / "report.html")
+    return 0
+
+
 def cmd_predict(args) -> int:
     from npc_msom.predict import predict_patient
     s = predict_patient(args.run, args.patient, args.out, clinical=args.clinical,
@@ -278,6 +289,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "prediction.detector_threshold)")
     sp.add_argument("--device", help="cpu, cuda, ... (default: the run's device setting)")
     sp.set_defaults(func=cmd_predict)
+
+    sp = sub.add_parser("validate", help="external validation: score a whole new cohort with a trained run's "
+                        "frozen models (nothing refitted) and report internal against external")
+    sp.add_argument("--run", required=True, help="trained run folder")
+    sp.add_argument("--cohort", required=True, help="the new cohort (any layout npc-msom run reads)")
+    sp.add_argument("--clinical", help="its clinical table with msom outcomes (default: clinical.csv/.xlsx in the cohort)")
+    sp.add_argument("--out", required=True, help="output folder (resumable: a rerun continues where it stopped)")
+    sp.add_argument("--skip-bad", action="store_true", help="skip (and list) bad patients instead of stopping")
+    sp.add_argument("--allow-overlap", action="store_true", help="score patients that are also in the run's own "
+                    "cohort (by PatientID) instead of excluding them")
+    sp.add_argument("--device", help="cpu, cuda, ... (default: the run's device setting)")
+    sp.set_defaults(func=cmd_validate)
 
     sp = sub.add_parser("run", help="run every stage in order (resumable)")
     sp.add_argument("--cohort", required=True)

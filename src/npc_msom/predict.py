@@ -333,17 +333,20 @@ def _to_series_grid(mask_1mm: np.ndarray, volume, series: Series) -> np.ndarray:
 def predict_sequence(run: RunModels, seq: str, series: Series, volume, models: dict[str, StageModel],
                      clinical_row: pd.DataFrame | None, contour_slices: tuple[list[int], list[int]] | None,
                      device: torch.device, score_threshold: float, patient_id: str,
-                     patient_models: dict | None = None, need_inputs: bool = False) -> SequencePrediction:
+                     patient_models: dict | None = None, need_inputs: bool = False,
+                     detect: bool = True) -> SequencePrediction:
     """Detections, slice choice, slice probabilities and the patient's scores of one sequence.
 
     patient_models: {model: prediction.patient.PatientModel} of this sequence; need_inputs: compute
     the patient-level inputs (also when only the combined patient models use this sequence)."""
     from npc_msom.detection import load_detector, select_tumour_slices  # noqa: PLC0415
-    from npc_msom.prediction.stage import aggregate  # noqa: PLC0415
-    from npc_msom.prediction.train import slice_probabilities  # noqa: PLC0415
     patient_models = patient_models or {}
     need_inputs = need_inputs or bool(patient_models)
     pc = run.config.prediction
+    pos, neg = contour_slices or ([], [])
+    if not detect and pos and pc.slices == "contours":   # contours choose the slices and make the masks
+        return _score_slices(run, seq, series, volume, models, clinical_row, device, patient_id, patient_models,
+                             need_inputs, "contours", list(pos), score_threshold, [], pd.DataFrame(), {}, {})
     detector, meta = load_detector(run.detector_path(seq), device)
     if int(meta["image_size"]) != volume.images.shape[-1]:
         raise InputError(f"the {seq} detector takes {meta['image_size']} px slices, the run's preprocessing makes "
@@ -371,6 +374,20 @@ def predict_sequence(run: RunModels, seq: str, series: Series, volume, models: d
         pick = select_tumour_slices([light[z] for z in candidates], volume.z_mm[candidates],
                                     score_threshold=pc.detector_threshold, labels=gtv)
         scored = sorted(candidates[i] for i in pick)   # slice order, as stage 2's table
+    return _score_slices(run, seq, series, volume, models, clinical_row, device, patient_id, patient_models,
+                         need_inputs, rule, scored, score_threshold, searched, table, masks_px, model_masks)
+
+
+def _score_slices(run: RunModels, seq: str, series: Series, volume, models: dict, clinical_row, device,
+                  patient_id: str, patient_models: dict, need_inputs: bool, rule: str, scored: list[int],
+                  score_threshold: float, searched: list[int], table: pd.DataFrame, masks_px: dict,
+                  model_masks: dict) -> SequencePrediction:
+    """The stage-2 models on the chosen slices (``rule``: contours | detector | automatic)."""
+    from npc_msom.prediction.stage import aggregate  # noqa: PLC0415
+    from npc_msom.prediction.train import slice_probabilities  # noqa: PLC0415
+    pc = run.config.prediction
+    if table.empty and not len(table.columns):
+        table = pd.DataFrame(columns=["slice_index", "z_mm", "structure", "score", "x1", "y1", "x2", "y2", "mask_px"])
     images = [volume.images[z].astype(np.float32) / 255.0 for z in scored]   # as detection.data.load_slice
     ids = np.array([patient_id] * len(scored))
     probabilities, scores = {}, {}
@@ -535,13 +552,27 @@ def _combined(run: RunModels, preds: dict[str, SequencePrediction]) -> dict | No
 def predict(run_dir: str | Path, patient_dir: str | Path, clinical: str | Path | None = None, *,
             score_threshold: float | None = None, device: torch.device | str | None = None) -> PatientPrediction:
     """Everything ``predict_patient`` writes, computed in memory (nothing is written)."""
-    from npc_msom.preprocess.slices import select_slices  # noqa: PLC0415
-    from npc_msom.preprocess.volume import preprocess_volume  # noqa: PLC0415
     t0 = time.perf_counter()
     run = read_run(run_dir)
+    pin = read_patient(patient_dir, run.config.cohort)
+    return predict_input(run, pin, clinical, score_threshold=score_threshold, device=device, t0=t0)
+
+
+def predict_input(run: RunModels, pin: PatientInput, clinical: str | Path | pd.DataFrame | None = None, *,
+                  score_threshold: float | None = None, device: torch.device | str | None = None,
+                  detect_contoured: bool = True, t0: float | None = None,
+                  loaded: dict | None = None) -> PatientPrediction:
+    """``predict`` on a patient already read: ``clinical`` is a table file or the patient's
+    validated row (a DataFrame indexed by patient_id). detect_contoured=False: a patient with
+    contours whose slices and masks come from the contours (``slices: contours``) is scored without
+    running the detector (``npc-msom validate``: no predicted masks are written). loaded: models
+    loaded by an earlier call (reused across the patients of a cohort)."""
+    from npc_msom.preprocess.slices import select_slices  # noqa: PLC0415
+    from npc_msom.preprocess.volume import preprocess_volume  # noqa: PLC0415
+    t0 = time.perf_counter() if t0 is None else t0
+    run_dir = run.run_dir
     cfg = run.config
     device = resolve_device(cfg.device if device is None else str(device))
-    pin = read_patient(patient_dir, cfg.cohort)
     pid = pin.patient.patient_id
     present = [s for s in cfg.preprocess.sequences if s in pin.patient.series]
     usable = [s for s in run.sequences if s in pin.patient.series]
@@ -550,14 +581,18 @@ def predict(run_dir: str | Path, patient_dir: str | Path, clinical: str | Path |
         raise InputError(f"none of the run's trained sequences ({', '.join(run.sequences)}) is among the "
                          f"patient's series ({', '.join(pin.patient.series) or 'none'})", patient=pid, file=pin.root,
                          expected=f"a series of {' or '.join(run.sequences)}")
-    models = {s: {} for s in usable}
-    for s in usable:
-        for m in ("mri", "fusion"):
-            if (run.model_dir(s, m) / "checkpoint.pt").is_file():
-                if m == "fusion" and clinical is None:
-                    continue
-                models[s][m] = load_stage_model(run, s, m, device)
-    pmodels = load_patient_models(run, usable, with_clinical=clinical is not None)
+    cache = {} if loaded is None else loaded
+    key = ("models", tuple(usable), clinical is not None, str(device))
+    if key not in cache:
+        models = {s: {} for s in usable}
+        for s in usable:
+            for m in ("mri", "fusion"):
+                if (run.model_dir(s, m) / "checkpoint.pt").is_file():
+                    if m == "fusion" and clinical is None:
+                        continue
+                    models[s][m] = load_stage_model(run, s, m, device)
+        cache[key] = (models, load_patient_models(run, usable, with_clinical=clinical is not None))
+    models, pmodels = cache[key]
     clinical_row = None
     if clinical is not None:
         encoders = [mm.encoder for s in usable for mm in models[s].values() if mm.encoder is not None]
@@ -566,7 +601,14 @@ def predict(run_dir: str | Path, patient_dir: str | Path, clinical: str | Path |
             log.warning("a clinical file was given but the run has no fusion model: it is not used")
         else:
             columns = list(dict.fromkeys(c.name for enc in encoders for c in enc.columns))
-            clinical_row = read_clinical_row(clinical, pid, columns)
+            if isinstance(clinical, pd.DataFrame):
+                lacking = [c for c in columns if c not in clinical.columns]
+                if lacking:
+                    raise InputError(f"the clinical table lacks column(s) {lacking} that the fusion models use",
+                                     patient=pid, expected="the columns " + ", ".join(columns))
+                clinical_row = clinical.loc[[pid]]
+            else:
+                clinical_row = read_clinical_row(clinical, pid, columns)
     for s in usable:
         if not models[s] and not pmodels.get(s):
             raise InputError(f"the {s} model needs a clinical row (the run has only a fusion model)", patient=pid,
@@ -593,7 +635,8 @@ def predict(run_dir: str | Path, patient_dir: str | Path, clinical: str | Path |
             continue
         need = any(s in pm.sequences for pm in pmodels.get("combined", {}).values())
         preds[s] = predict_sequence(run, s, series, volume, models[s], clinical_row, (pos, neg), device, thr, pid,
-                                    patient_models=pmodels.get(s, {}), need_inputs=need)
+                                    patient_models=pmodels.get(s, {}), need_inputs=need,
+                                    detect=detect_contoured or not pos or cfg.prediction.slices != "contours")
         log.info("%s %s: %s slices, %s", pid, s, preds[s].slice_rule,
                  ", ".join(f"{m} {v['score']:.3f} ({v['risk_group']})" for m, v in preds[s].scores.items()))
     return PatientPrediction(pid, pin.source, Path(run_dir), preds, missing, run.untrained, _combined(run, preds),
