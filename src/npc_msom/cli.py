@@ -176,7 +176,7 @@ def _headline(run_dir: Path, stages: dict) -> str:
 def cmd_validate(args) -> int:
     from npc_msom.validate import validate_cohort
     s = validate_cohort(args.run, args.cohort, args.out, clinical=args.clinical, skip_bad=args.skip_bad,
-                        allow_overlap=args.allow_overlap, device=args.device)
+                        allow_overlap=args.allow_overlap, recalibrate=args.recalibrate, device=args.device)
     for k, v in s["models"].items():
         auc = (v["external_auc"] or {}).get("auc")
         print(f"{k}: external AUC {'n/a' if auc is None else f'{auc:.3f}'} (n {v['n_scored']})")
@@ -299,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--skip-bad", action="store_true", help="skip (and list) bad patients instead of stopping")
     sp.add_argument("--allow-overlap", action="store_true", help="score patients that are also in the run's own "
                     "cohort (by PatientID) instead of excluding them")
+    sp.add_argument("--recalibrate", choices=["intercept", "intercept+slope"],
+                    help="also show the main models recalibrated on the external cohort (labelled as such: fitted "
+                         "on its outcomes, so not a validation)")
     sp.add_argument("--device", help="cpu, cuda, ... (default: the run's device setting)")
     sp.set_defaults(func=cmd_validate)
 

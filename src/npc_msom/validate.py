@@ -23,11 +23,19 @@ run's models; a killed validation starts again where it stopped, and a changed r
 
 Overlap with the run's own patients: a PatientID the run also has is the same patient when its
 preprocessed slices equal the run's pixel for pixel (excluded unless ``allow_overlap``); the same
-ID with other images (two hospitals numbering from 1) is scored and listed. A renamed copy of a run
-patient (another ID, the same pixels) is not detected yet.
+ID with other images (two hospitals numbering from 1) is scored and listed. A patient under another
+ID whose preprocessed slices equal a run patient's (a renamed or re-exported copy, found by the
+digest of every slice the run wrote) is the same patient too, named and excluded likewise.
 
-Not yet here (issue 20): the comparison models (baselines), the time-to-event view and the
-recalibrated curves.
+Beside the per-model files: ``survival.csv`` (Kaplan-Meier DMFS / OS by the run's training
+cut-off, log-rank), ``time_to_event.csv`` (Cox of DMFS per SD of the score, alone and with N
+stage, cox.zph's PH test, Harrell's and Uno's C, time-dependent AUC at 12 / 24 / 36 months), the
+calibration figure and, with ``recalibrate``, the main models recalibrated on the external cohort
+(labelled: fitted on its outcomes). A clinical table without a predictor column scores every model
+that does not need it (the fusion models are left out and listed).
+
+Not yet here (issue 20): the comparison models (baselines) on the external cohort, and DeLong
+against them.
 """
 from __future__ import annotations
 
@@ -106,6 +114,38 @@ def _same_images(run_dir: Path, pred, pid: str) -> bool:
     return False
 
 
+def _slice_digest(image) -> str:
+    import hashlib  # noqa: PLC0415
+    a = np.ascontiguousarray(np.asarray(image))
+    return hashlib.sha1(str(a.shape).encode() + a.tobytes()).hexdigest()
+
+
+def run_pixel_digests(run_dir: Path) -> dict[str, str]:
+    """{digest of a preprocessed slice: PatientID} over every slice the run wrote (all sequences):
+    finds a run patient under another PatientID (a renamed or re-exported copy)."""
+    from PIL import Image  # noqa: PLC0415
+    out: dict[str, str] = {}
+    for p in sorted((run_dir / "preprocessed").glob("*/slices.csv")):
+        sl = pd.read_csv(p, dtype={"patient_id": str})
+        for r in sl.itertuples():
+            f = p.parent / r.file_name
+            if f.is_file():
+                img = np.asarray(Image.open(f))
+                if img.std() > 0:           # a blank slice says nothing about whose it is
+                    out[_slice_digest(img)] = r.patient_id
+    return out
+
+
+def _renamed_from(pred, pid: str, digests: dict[str, str]) -> str | None:
+    """The run's PatientID whose slices this patient's preprocessed slices equal, when it is not ``pid``."""
+    for sp in pred.sequences.values():
+        for img in sp.volume.images:
+            other = digests.get(_slice_digest(img))
+            if other is not None and other != pid:
+                return other
+    return None
+
+
 def _patient_record(pred) -> dict:
     """{"<seq|combined>/<model>": {score, note}} of one patient's prediction."""
     out = {}
@@ -121,9 +161,10 @@ def _patient_record(pred) -> dict:
 
 def validate_cohort(run_dir: str | Path, cohort_dir: str | Path, out_dir: str | Path,
                     clinical: str | Path | None = None, *, skip_bad: bool = False, allow_overlap: bool = False,
-                    device=None) -> dict:
+                    recalibrate: str | None = None, device=None) -> dict:
     """Score every patient of ``cohort_dir`` with the run's frozen models and write the external
     validation (see the module docstring). Returns summary.json's content."""
+    from npc_msom.cohort.clinical import find_clinical_table, relaxed_schema  # noqa: PLC0415
     from npc_msom.cohort.load import load_cohort  # noqa: PLC0415
     from npc_msom.predict import PatientInput, predict_input, read_run  # noqa: PLC0415
     t0 = time.perf_counter()
@@ -132,7 +173,13 @@ def validate_cohort(run_dir: str | Path, cohort_dir: str | Path, out_dir: str | 
     cfg = run.config
     digest = run_models_digest(run_dir)
     ccfg = dataclasses.replace(cfg.cohort, skip_bad=bool(skip_bad or cfg.cohort.skip_bad), required_sequences=())
-    cohort = load_cohort(cohort_dir, ccfg, clinical)
+    # a predictor column the table lacks rules out only the models that use it (checked below)
+    table_path = Path(clinical) if clinical is not None else find_clinical_table(Path(cohort_dir))
+    schema, absent_columns = relaxed_schema(table_path) if table_path is not None and table_path.is_file() \
+        else (None, [])
+    if absent_columns:
+        log.warning("the external clinical table has no column(s) %s", ", ".join(absent_columns))
+    cohort = load_cohort(cohort_dir, ccfg, clinical, clinical_schema=schema)
     ids = list(cohort.patient_ids)
     if not ids:
         raise InputError("the external cohort has no usable patient", file=Path(cohort_dir),
@@ -157,12 +204,16 @@ def validate_cohort(run_dir: str | Path, cohort_dir: str | Path, out_dir: str | 
     work = out_dir / ".work"
     loaded: dict = {}
     records, skipped, same, renamed = {}, [], [], []
+    copies: dict[str, str] = {}          # external PatientID -> the run's PatientID with the same pixels
+    digests = None
     for i, pid in enumerate(ids):
         cached = work / f"{pid}.json"
         if cached.is_file():
             rec = json.loads(cached.read_text())
             if rec.get("run_digest") == digest and rec.get("with_clinical") == with_clinical:
                 records[pid] = rec["scores"]
+                if rec.get("copy_of"):
+                    copies[pid] = rec["copy_of"]
                 if rec.get("same_as_run"):
                     same.append(pid)
                 elif pid in collisions:
@@ -182,16 +233,23 @@ def validate_cohort(run_dir: str | Path, cohort_dir: str | Path, out_dir: str | 
             continue
         records[pid] = _patient_record(pred)
         is_same = pid in collisions and _same_images(run_dir, pred, pid)
+        if digests is None:
+            digests = run_pixel_digests(run_dir)
+        copy_of = None if is_same else _renamed_from(pred, pid, digests)
         if is_same:
             same.append(pid)
         elif pid in collisions:
             renamed.append(pid)
+        if copy_of:
+            copies[pid] = copy_of
+            log.warning("external patient %s has the same preprocessed pixels as the run's patient %s", pid, copy_of)
         write_json_atomic(cached, {"run_digest": digest, "with_clinical": with_clinical, "same_as_run": is_same,
-                                   "scores": records[pid]})
+                                   "copy_of": copy_of, "scores": records[pid]})
         log.info("external %d/%d %s scored", i + 1, len(ids), pid)
-    overlap = sorted(same)
+    overlap = sorted(set(same) | set(copies))
     if overlap and not allow_overlap:
-        log.warning("%d patient(s) of the external cohort are the run's own (same PatientID and pixels) and are "
+        log.warning("%d patient(s) of the external cohort are the run's own (same pixels; same or another "
+                    "PatientID) and are "
                     "excluded: %s", len(overlap), ", ".join(overlap[:10]))
         records = {p: r for p, r in records.items() if p not in set(overlap)}
         if not records:
@@ -206,17 +264,21 @@ def validate_cohort(run_dir: str | Path, cohort_dir: str | Path, out_dir: str | 
     for key in models:
         where, model = key.split("/")
         results[key] = _write_model(run_dir, out_dir / where / model, where, model, records, table)
+    from npc_msom.evaluation._result import jsonable  # noqa: PLC0415
+    views = jsonable(_outcome_views(cfg, out_dir, results, table, recalibrate))
     summary = {"run": str(run_dir.resolve()), "run_digest": digest, "cohort": str(Path(cohort_dir).resolve()),
                "n_patients": len(ids), "n_scored": len(records), "excluded_overlap": overlap if not allow_overlap else [],
                "overlap_allowed": overlap if allow_overlap else [], "skipped": skipped,
                "same_patient_id_other_images": sorted(renamed),
-               "fusion_clinical_columns_missing": lacking,
+               "same_images_other_patient_id": dict(sorted(copies.items())),
+               "fusion_clinical_columns_missing": lacking, "clinical_columns_absent": absent_columns,
+               **views,
                "models": {k: {"internal_auc": v["internal"], "external_auc": (v["metrics"].get("auc") or {}),
                               "calibration": v["metrics"].get("calibration"), "n_scored": v["metrics"]["n_scored"]}
                           for k, v in results.items()},
                "seconds": round(time.perf_counter() - t0, 2)}
     write_json_atomic(out_dir / "summary.json", summary)
-    write_text_atomic(out_dir / "report.html", _report(summary))
+    write_text_atomic(out_dir / "report.html", _report(summary, out_dir))
     return summary
 
 
@@ -245,7 +307,79 @@ def _write_model(run_dir: Path, out: Path, where: str, model: str, records: dict
     ext_df = df[df["split"] == SPLIT]
     write_text_atomic(out / "patient_scores.csv", ext_df.to_csv(index=False, float_format="%.6g"))
     write_json_atomic(out / "metrics.json", metrics)
-    return {"metrics": metrics, "internal": internal.get("auc") or {}}
+    return {"metrics": metrics, "internal": internal.get("auc") or {}, "scores": ext_df, "where": where,
+            "model": model, "path": out / "patient_scores.csv"}
+
+
+EXTERNAL_LABEL = "external cohort, the run's training cut-off"
+
+
+def _outcome_views(cfg, out_dir: Path, results: dict, table: pd.DataFrame, recalibrate: str | None) -> dict:
+    """survival.csv (Kaplan-Meier DMFS / OS by the run's cut-off, log-rank) and time_to_event.csv
+    (Cox per SD, cox.zph, Harrell's / Uno's C, time-dependent AUC) of every model; the calibration
+    figure of the main models, and optionally their recalibrated curves (fitted on the external
+    cohort, labelled so); the Kaplan-Meier figure of the run's survival model."""
+    from npc_msom.evaluation.calibration import calibration, recalibrate as _recalibrate  # noqa: PLC0415
+    from npc_msom.evaluation.figures import plot_calibration  # noqa: PLC0415
+    from npc_msom.evaluation.stage import (STAGE2, SURVIVAL_COLUMNS, ScoreFile, _km_figure,  # noqa: PLC0415
+                                           _main_keys, survival_rows, time_to_event_rows)
+    from npc_msom.survival.timedep import TIME_TO_EVENT_COLUMNS  # noqa: PLC0415
+    files = [ScoreFile(STAGE2, v["model"], v["where"], v["path"]) for v in results.values()]
+    by_key = {sf.key: sf for sf in files}
+    figures, notes = {}, []
+    level = cfg.evaluation.level
+    km_key = cfg.evaluation.survival_model if cfg.evaluation.survival_model in by_key else \
+        next(iter(_main_keys(files)), None)
+    surv = []
+    for sf in files:
+        rows, panels = survival_rows(sf, results[sf.key]["scores"], table, cfg, split=SPLIT, population=EXTERNAL_LABEL)
+        surv += rows
+        if sf.key == km_key and panels:
+            png, _ = _km_figure(panels, out_dir / "figures" / "km", cfg, "external cohort")
+            figures["km"] = {"png": str(png.relative_to(out_dir)), "model": sf.label,
+                             "caption": f"Kaplan-Meier DMFS and OS of the external cohort by {sf.label}'s risk group "
+                                        "(the run's training cut-off), log-rank test"}
+    write_text_atomic(out_dir / "survival.csv",
+                      pd.DataFrame(surv, columns=list(SURVIVAL_COLUMNS)).to_csv(index=False, float_format="%.6g"))
+    tte = pd.DataFrame(time_to_event_rows([(sf.key, sf.label, results[sf.key]["scores"]) for sf in files],
+                                          table, EXTERNAL_LABEL, level=level), columns=list(TIME_TO_EVENT_COLUMNS))
+    write_text_atomic(out_dir / "time_to_event.csv", tte.to_csv(index=False, float_format="%.6g"))
+
+    cal, recal, recal_params = {}, {}, {}
+    for key in _main_keys(files):
+        d = results[key]["scores"]
+        d = d[np.isfinite(d["score"].to_numpy(dtype=float))]
+        y, s = d["label"].to_numpy(dtype=int), d["score"].to_numpy(dtype=float)
+        if len(set(y.tolist())) < 2 or not np.all((s >= 0) & (s <= 1)):
+            continue
+        label = by_key[key].label
+        bins = max(1, min(10, len(y) // 5))
+        cal[label] = calibration(y, s, n_bins=bins, level=level)
+        if recalibrate:
+            try:
+                p2, params = _recalibrate(y, s, recalibrate)
+            except ValueError as exc:
+                notes.append(f"{label}: not recalibrated ({exc})")
+                continue
+            recal[label] = calibration(y, p2, n_bins=bins, level=level)
+            recal_params[key] = {**params, "brier": recal[label].brier, "calibration_intercept": recal[label].intercept,
+                                 "calibration_slope": recal[label].slope,
+                                 "fitted_on": "the external cohort itself: shows the drift, is not a validation"}
+    if cal:
+        png, _ = plot_calibration(cal, out_dir / "figures" / "calibration", title="Calibration, external cohort")
+        figures["calibration"] = {"png": str(png.relative_to(out_dir)), "models": list(cal),
+                                  "caption": "Calibration of the main models on the external cohort, as the run "
+                                             "predicts (nothing refitted)"}
+    if recal:
+        png, _ = plot_calibration(recal, out_dir / "figures" / "calibration_recalibrated",
+                                  title=f"Recalibrated on the external cohort ({recalibrate})")
+        figures["calibration_recalibrated"] = {
+            "png": str(png.relative_to(out_dir)), "models": list(recal),
+            "caption": f"RECALIBRATED ON THE EXTERNAL COHORT ({recalibrate}): the same models after a logistic "
+                       "recalibration fitted on these patients' outcomes; it shows how much of the miscalibration an "
+                       "update would remove, and is not a validation of the recalibrated model"}
+    return {"figures": figures, "recalibration": {"method": recalibrate, "models": recal_params} if recalibrate else None,
+            "time_to_event": tte.to_dict(orient="records"), "outcome_notes": notes}
 
 
 def _fmt(auc: dict) -> str:
@@ -256,13 +390,16 @@ def _fmt(auc: dict) -> str:
     return f"{auc['auc']:.3f}{ci}"
 
 
-def _report(summary: dict) -> str:
+def _report(summary: dict, out_dir: Path) -> str:
+    from npc_msom.report.html import (TIME_TO_EVENT_HEADER, _data_uri, _survival_rows,  # noqa: PLC0415
+                                      time_to_event_cells)
+
+    def num(x):
+        return "n/a" if x is None or not np.isfinite(x) else f"{x:.3f}"
+
     rows = []
     for k, v in summary["models"].items():
         cal = v.get("calibration") or {}
-
-        def num(x):
-            return "n/a" if x is None or not np.isfinite(x) else f"{x:.3f}"
         rows.append(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v['internal_auc'])}</td><td>{_fmt(v['external_auc'])}</td>"
                     f"<td>{v['n_scored']}</td><td>{num(cal.get('intercept'))}</td>"
                     f"<td>{num(cal.get('slope'))}</td><td>{num(cal.get('brier'))}</td></tr>")
@@ -274,18 +411,55 @@ def _report(summary: dict) -> str:
     if summary["fusion_clinical_columns_missing"]:
         notes.append("Fusion models not scored: the clinical table lacks "
                      + html.escape(", ".join(summary["fusion_clinical_columns_missing"])))
+    notes += [html.escape(n) for n in summary.get("outcome_notes", [])]
+
+    def table(tid: str, header, cells) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in cells)
+        return f'<table id="{tid}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+    tte = time_to_event_cells(pd.DataFrame(summary.get("time_to_event") or []))
+    sv_path = out_dir / "survival.csv"
+    sv = pd.read_csv(sv_path) if sv_path.is_file() and sv_path.stat().st_size > 1 else pd.DataFrame()
+    surv = _survival_rows(sv) if not sv.empty else []
+    surv_cells = [[r["label"], r["endpoint"], r["n"], r["events"], r["rate_low"], r["rate_high"], r["chi2"], r["p"],
+                   r["note"]] for r in surv]
+    figs = []
+    for name in ("km", "calibration", "calibration_recalibrated"):
+        f = (summary.get("figures") or {}).get(name)
+        if f and (out_dir / f["png"]).is_file():
+            cls = ' class="recalibrated"' if name.endswith("recalibrated") else ""
+            figs.append(f'<figure{cls} id="figure-{name}"><img src="{_data_uri(out_dir / f["png"])}" alt="{name}">'
+                        f'<figcaption>{html.escape(f["caption"])}</figcaption></figure>')
+    recal = summary.get("recalibration") or {}
+    recal_rows = [[k, v["method"], num(v["intercept"]), num(v["slope"]), num(v["brier"])]
+                  for k, v in (recal.get("models") or {}).items()]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>External validation</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:4px 8px}}</style>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #999;padding:4px 8px}}figure img{{max-width:100%}}
+.recalibrated{{border:3px solid #c60;padding:.5em}}</style>
 </head><body>
 <h1>External validation</h1>
 <p>Run: <code>{html.escape(summary['run'])}</code> (models digest <code>{summary['run_digest'][:16]}</code>).<br>
 Cohort: <code>{html.escape(summary['cohort'])}</code>: {summary['n_scored']} of {summary['n_patients']} patients scored.
 Nothing was refitted on these patients: the cut-offs, encoders and models are the run's.</p>
-<table><tr><th>model</th><th>internal validation AUC (95% CI)</th><th>external AUC (95% CI, DeLong)</th>
+<h2>Discrimination and calibration: internal validation against external</h2>
+<table id="external-models"><tr><th>model</th><th>internal validation AUC (95% CI)</th><th>external AUC (95% CI, DeLong)</th>
 <th>n external</th><th>calibration intercept</th><th>calibration slope</th><th>Brier</th></tr>
 {''.join(rows)}
 </table>
+<h2>The risk score over time (DMFS, external cohort)</h2>
+<p>Cox models of MSOM-free survival on each score per SD, alone and with N stage (ordinal N0&ndash;N3); PH test: R
+<code>cox.zph</code>'s score test; Uno's C truncated at the last of 12/24/36 months within follow-up; cumulative /
+dynamic AUCs with censoring weights.</p>
+{table("external-time-to-event", TIME_TO_EVENT_HEADER, tte) if tte else '<p>Not run.</p>'}
+<h2>Survival by risk group (the run's training cut-off)</h2>
+{table("external-survival", ("Model", "Endpoint", "n low / high", "Events low / high", "Rate, low risk",
+                              "Rate, high risk", "Log-rank chi2", "p", "Note"), surv_cells) if surv_cells else '<p>Not run.</p>'}
+{''.join(figs)}
+{('<h2>Recalibrated on the external cohort (labelled: fitted on these outcomes)</h2>'
+  + table("external-recalibration", ("Model", "Method", "Intercept", "Slope", "Brier after"), recal_rows)) if recal_rows else ''}
 {''.join(f'<p>{n}</p>' for n in notes)}
 </body></html>
 """

@@ -96,3 +96,23 @@ def test_decision_curve_default_grid_and_perfect_model():
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_recalibration_removes_the_drift_it_was_fitted_on():
+    from npc_msom.evaluation.calibration import recalibrate
+    rng = np.random.default_rng(3)
+    lp = rng.normal(size=2000)
+    y = (rng.random(2000) < 1 / (1 + np.exp(-lp))).astype(int)
+    drifted = 1 / (1 + np.exp(-(2.0 + 0.5 * lp)))           # too high, too flat
+    before = calibration(y, drifted)
+    assert before.intercept < -1 and before.slope > 1.5
+    p1, c1 = recalibrate(y, drifted, "intercept")
+    assert c1["slope"] == 1.0 and calibration(y, p1).intercept == pytest.approx(0, abs=1e-6)
+    p2, c2 = recalibrate(y, drifted, "intercept+slope")
+    after = calibration(y, p2)
+    assert after.intercept == pytest.approx(0, abs=1e-6) and after.slope == pytest.approx(1, abs=1e-6)
+    assert c2["slope"] == pytest.approx(before.slope, rel=1e-6)
+    # monotone: the ranking (and so the AUC) does not change
+    assert (np.argsort(p2, kind="stable") == np.argsort(drifted, kind="stable")).all()
+    with pytest.raises(ValueError, match="method"):
+        recalibrate(y, drifted, "platt")

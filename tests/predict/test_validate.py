@@ -23,7 +23,7 @@ def test_run_validated_on_its_own_cohort_gives_the_runs_scores_and_refits_nothin
     before = _digests(trained_run)
     out = tmp_path / "ext"
     assert main(["validate", "--run", str(trained_run), "--cohort", str(synth_cohort_dir), "--out", str(out),
-                 "--allow-overlap", "--device", "cpu"]) == 0
+                 "--allow-overlap", "--recalibrate", "intercept", "--device", "cpu"]) == 0
     assert str(out / "report.html") in capsys.readouterr().out
     assert _digests(trained_run) == before          # nothing of the run was refitted or rewritten
     summary = json.loads((out / "summary.json").read_text())
@@ -42,6 +42,7 @@ def test_run_validated_on_its_own_cohort_gives_the_runs_scores_and_refits_nothin
         assert m["auc"] is None or 0 <= m["auc"]["auc"] <= 1
     html = (out / "report.html").read_text()
     assert "<h1>External validation</h1>" in html and "internal validation AUC" in html
+    _check_outcome_views(out, synth_cohort_dir, summary, html)
 
     # resumable: a second call reuses every patient's cached scores
     import npc_msom.predict as predict_mod
@@ -55,6 +56,47 @@ def test_run_validated_on_its_own_cohort_gives_the_runs_scores_and_refits_nothin
                      "--allow-overlap", "--device", "cpu"]) == 0
     finally:
         mp.undo()
+
+
+def _check_outcome_views(out, cohort_dir, summary, html):
+    """survival.csv, time_to_event.csv and the figures are the survival functions' on the external rows."""
+    from npc_msom.survival import kaplan_meier, logrank_test, score_survival
+    from npc_msom.survival.timedep import TIME_TO_EVENT_COLUMNS
+    from npc_msom.validate import EXTERNAL_LABEL
+    clin = pd.read_csv(cohort_dir / "clinical.csv", dtype={"patient_id": str}).set_index("patient_id")
+    tte = pd.read_csv(out / "time_to_event.csv")
+    assert list(tte.columns) == list(TIME_TO_EVENT_COLUMNS)
+    assert set(tte["key"]) == set(summary["models"]) and set(tte["population"]) == {EXTERNAL_LABEL}
+    sc = read_scores(out / "T1WI" / "fusion" / "patient_scores.csv")
+    ids = list(sc["patient_id"])
+    t, e = clin.loc[ids, "dmfs_months"].to_numpy(float), clin.loc[ids, "msom"].to_numpy(int)
+    row = tte[tte["key"] == "T1WI/fusion"].iloc[0]
+    assert (row["n"], row["events"]) == (len(ids), e.sum())
+    if e.sum():
+        v = score_survival(t, e, sc["score"].to_numpy(float), n_stage=clin.loc[ids, "n_stage"])
+        assert row["harrell_c"] == pytest.approx(v.harrell_c, rel=1e-5, nan_ok=True)
+        hr = v.cox_score.terms[0].hr if v.cox_score is not None else np.nan
+        assert row["hr_per_sd"] == pytest.approx(hr, rel=1e-4, nan_ok=True)
+    sv = pd.read_csv(out / "survival.csv")
+    r = sv[(sv["key"] == "T1WI/fusion") & (sv["endpoint"] == "DMFS")].iloc[0]
+    assert r["population"] == EXTERNAL_LABEL and r["n_low"] + r["n_high"] == len(ids)
+    g = sc["risk_group"].to_numpy()
+    assert r["n_high"] == (g == "high").sum() and r["events_high"] == e[g == "high"].sum()
+    if set(g) == {"low", "high"}:
+        assert r["chi2"] == pytest.approx(logrank_test(t, e, g, groups=["low", "high"]).chi2, rel=1e-5)
+        km = kaplan_meier(t, e, g, groups=["low", "high"])
+        assert r["rate_low"] == pytest.approx(km.curve("low").survival_at(36).survival, abs=1e-6)
+    figs = summary["figures"]
+    assert (out / figs["calibration"]["png"]).is_file()
+    rec = summary["recalibration"]
+    assert rec["method"] == "intercept" and rec["models"]
+    for k, m in rec["models"].items():
+        assert m["slope"] == 1.0 and "not a validation" in m["fitted_on"]
+        assert abs(m["calibration_intercept"]) < 1e-4        # fitted on these very outcomes
+    assert (out / figs["calibration_recalibrated"]["png"]).is_file()
+    assert "RECALIBRATED ON THE EXTERNAL COHORT" in figs["calibration_recalibrated"]["caption"]
+    assert 'id="external-time-to-event"' in html and 'id="external-survival"' in html
+    assert 'id="figure-calibration_recalibrated"' in html
 
 
 def _fails(capsys, args, *needles):
@@ -91,7 +133,8 @@ def test_bad_external_cohorts(trained_run, synth_cohort_dir, new_cohort, tmp_pat
 def test_new_patient_scored_without_refitting(trained_run, new_cohort, tmp_path, capsys):
     """A patient the run never saw (another seed, whose PatientID the run also has with other images):
     every model scores it. A clinical table with a predictor column emptied is refused by the cohort
-    reader, naming the column (as npc-msom run refuses it)."""
+    reader, naming the column (as npc-msom run refuses it); one without that column scores every
+    model that does not need it."""
     from npc_msom.validate import validate_cohort
     cohort_dir, _ = new_cohort
     s = validate_cohort(trained_run, cohort_dir, tmp_path / "ext", device="cpu")
@@ -105,3 +148,84 @@ def test_new_patient_scored_without_refitting(trained_run, new_cohort, tmp_path,
     _fails(capsys, ["validate", "--run", str(trained_run), "--cohort", str(cut), "--out", str(tmp_path / "ext2")],
            "n_stage")
     assert not (tmp_path / "ext2" / "summary.json").exists()
+
+    gone = tmp_path / "gone"
+    shutil.copytree(cohort_dir, gone)
+    pd.read_csv(gone / "clinical.csv").drop(columns=["n_stage"]).to_csv(gone / "clinical.csv", index=False)
+    s3 = validate_cohort(trained_run, gone, tmp_path / "ext3", device="cpu")
+    assert s3["clinical_columns_absent"] == ["n_stage"] and "n_stage" in s3["fusion_clinical_columns_missing"]
+    assert {"T1WI/mri", "T1WI/patient", "combined/patient"} <= set(s3["models"])
+    assert not any(k.endswith("fusion") for k in s3["models"])
+    assert "Fusion models not scored" in (tmp_path / "ext3" / "report.html").read_text()
+
+
+def _rename_patient(src, dst, new_id):
+    import pydicom
+    shutil.copytree(src, dst)
+    for f in dst.rglob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.PatientID, ds.PatientName = new_id, new_id
+        ds.save_as(f)
+
+
+def test_a_renamed_copy_of_a_run_patient_is_found_by_its_pixels(trained_run, synth_cohort_dir, new_cohort, tmp_path):
+    from npc_msom.validate import validate_cohort
+    cohort_dir, new_patient = new_cohort
+    mixed = tmp_path / "mixed"
+    (mixed / "dicom").mkdir(parents=True)
+    shutil.copytree(new_patient, mixed / "dicom" / new_patient.name)
+    _rename_patient(synth_cohort_dir / "dicom" / "NPC0002", mixed / "dicom" / "HOSP0002", "HOSP0002")
+    run_clin = pd.read_csv(synth_cohort_dir / "clinical.csv", dtype={"patient_id": str})
+    copy = run_clin[run_clin["patient_id"] == "NPC0002"].assign(patient_id="HOSP0002")
+    pd.concat([pd.read_csv(cohort_dir / "clinical.csv", dtype={"patient_id": str}), copy]).to_csv(
+        mixed / "clinical.csv", index=False)
+    s = validate_cohort(trained_run, mixed, tmp_path / "ext", device="cpu")
+    assert s["same_images_other_patient_id"] == {"HOSP0002": "NPC0002"}
+    assert s["excluded_overlap"] == ["HOSP0002"] and s["n_scored"] == 1
+    scored = read_scores(tmp_path / "ext" / "T1WI" / "mri" / "patient_scores.csv")
+    assert list(scored["patient_id"]) == [new_patient.name]
+
+
+def _shift_intensity(src, dst, gamma):
+    """The cohort with every MR pixel through a gamma curve (another scanner's contrast)."""
+    import pydicom
+    shutil.copytree(src, dst)
+    n = 0
+    for f in (dst / "dicom").rglob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        if ds.Modality != "MR":
+            continue
+        n += 1
+        a = ds.pixel_array.astype(np.float64)
+        top = max(float(a.max()), 1.0)
+        ds.PixelData = np.round(top * (a / top) ** gamma).astype(ds.pixel_array.dtype).tobytes()
+        ds.save_as(f)
+    assert n > 0
+
+
+@pytest.mark.slow
+def test_an_intensity_shift_is_scored_without_refitting_and_its_drift_shows(trained_run, synth_cohort_dir,
+                                                                            tmp_path):
+    """The run's own patients through another contrast curve: scored by the same frozen models (no
+    file of the run changes), and the scores, and so the calibration, move away from the unshifted
+    cohort's."""
+    from npc_msom.validate import validate_cohort
+    before = _digests(trained_run)
+    plain = validate_cohort(trained_run, synth_cohort_dir, tmp_path / "plain", allow_overlap=True, device="cpu")
+    shifted_dir = tmp_path / "shifted"
+    _shift_intensity(synth_cohort_dir, shifted_dir, gamma=0.5)
+    shifted = validate_cohort(trained_run, shifted_dir, tmp_path / "ext", device="cpu")
+    assert _digests(trained_run) == before
+    # other pixels under the same PatientIDs: not the run's patients, so scored, not excluded
+    assert shifted["excluded_overlap"] == [] and len(shifted["same_patient_id_other_images"]) == 6
+    moved = {}
+    for key in ("T1WI/mri", "T1WI/patient", "T2WI/mri", "T2WI/patient", "combined/patient"):
+        where, model = key.split("/")
+        a = read_scores(tmp_path / "plain" / where / model / "patient_scores.csv").set_index("patient_id")["score"]
+        b = read_scores(tmp_path / "ext" / where / model / "patient_scores.csv").set_index("patient_id")["score"]
+        moved[key] = float(np.abs(a - b.loc[a.index]).mean())
+    assert max(moved.values()) > 0.01, moved
+    key = max(moved, key=moved.get)
+    cal_a = plain["models"][key]["calibration"] or {}
+    cal_b = shifted["models"][key]["calibration"] or {}
+    assert cal_a.get("brier") != pytest.approx(cal_b.get("brier"), abs=1e-4), (key, cal_a, cal_b)

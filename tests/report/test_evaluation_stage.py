@@ -98,6 +98,28 @@ def test_km_numbers_use_validation_patients_and_the_training_cutoff(evaluated_ru
     assert figs["figure4"]["optimistic"] is False and "optimistic" not in figs["figure4"]["caption"]
 
 
+def test_time_to_event_view_is_score_survival_on_validation_patients(evaluated_run):
+    from npc_msom.survival import score_survival
+    run, config, result, _ = evaluated_run
+    tte = pd.read_csv(run / "evaluation" / "time_to_event.csv")
+    assert list(tte["key"]) == result["main_models"]
+    row = tte[tte["key"] == "CE-T1WI/fusion"].iloc[0]
+    df = read_scores(run / "prediction" / "CE-T1WI" / "fusion" / "patient_scores.csv")
+    clin = pd.read_csv(run / "cohort" / "clinical.csv", dtype={"patient_id": str}).set_index("patient_id")
+    y, s, val = _val(df)
+    ids = list(val["patient_id"])
+    v = score_survival(clin.loc[ids, "dmfs_months"], clin.loc[ids, "msom"], s, n_stage=clin.loc[ids, "n_stage"])
+    assert row["n"] == len(ids) and row["events"] == clin.loc[ids, "msom"].sum()
+    assert row["hr_per_sd"] == pytest.approx(v.cox_score.terms[0].hr, rel=1e-5)
+    assert row["adj_hr_per_sd"] == pytest.approx(v.cox_score_n_stage.terms[0].hr, rel=1e-5)
+    assert row["ph_p"] == pytest.approx(v.cox_score.terms[0].ph_p, rel=1e-5)
+    assert row["harrell_c"] == pytest.approx(v.harrell_c, rel=1e-5)
+    assert row["uno_c"] == pytest.approx(v.uno_c, rel=1e-5)
+    assert row["auc_24m"] == pytest.approx(v.time_auc[1].auc, rel=1e-5, nan_ok=True)
+    assert row["population"] == "validation patients, training cut-off"
+    assert "evaluation/time_to_event.csv" in result["artifacts"]
+
+
 def test_figures_png_and_svg_and_inputs_recorded(evaluated_run):
     run, config, result, _ = evaluated_run
     assert set(result["figures"]) == {"figure3", "calibration", "decision_curve", "figure4", "figure4_optimistic"}

@@ -18,7 +18,7 @@ import subprocess
 import pytest
 
 EXPECTED_TABLES = {"skipped", "table2-data", "table3-data", "survival-validation", "survival-all",
-                   "survival-optimistic", "calibration-data"}
+                   "survival-optimistic", "calibration-data", "time-to-event-table"}
 
 PROBE = """<script>
 window.__errors = [];

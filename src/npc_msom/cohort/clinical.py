@@ -207,9 +207,20 @@ def validate_clinical(raw: pd.DataFrame, *, file: str | Path | None = None,
     return out
 
 
-def load_clinical(path: str | Path, *, collect: bool = False):
+def load_clinical(path: str | Path, *, collect: bool = False, schema: tuple[Column, ...] = CLINICAL_SCHEMA):
     """Read and validate a clinical table; see ``validate_clinical``."""
-    return validate_clinical(read_clinical_table(path), file=path, collect=collect)
+    return validate_clinical(read_clinical_table(path), file=path, collect=collect, schema=schema)
+
+
+def relaxed_schema(path: str | Path, keep_required: tuple[str, ...] = ("patient_id", "msom"),
+                   schema: tuple[Column, ...] = CLINICAL_SCHEMA) -> tuple[tuple[Column, ...], list[str]]:
+    """The schema with every column the table at ``path`` lacks made optional, except
+    ``keep_required``; and the list of those lacking columns. For scoring a cohort with a frozen
+    model (external validation), where a missing predictor only rules out the models that use it."""
+    import dataclasses  # noqa: PLC0415
+    present = {str(c).strip().lower() for c in read_clinical_table(path).columns}
+    lacking = [c.name for c in schema if c.name.lower() not in present and c.name not in keep_required]
+    return tuple(dataclasses.replace(c, required=False) if c.name in lacking else c for c in schema), lacking
 
 
 def empty_clinical(schema: tuple[Column, ...] = CLINICAL_SCHEMA) -> pd.DataFrame:

@@ -142,7 +142,8 @@ def _load_nifti(entry: Entry, sequences: Sequence[str] = SEQUENCES) -> dict[str,
 # Indexing (index.py) and the manifest (manifest.py)
 # ---------------------------------------------------------------------------------------------
 def load_cohort(path: str | Path, config: CohortConfig | None = None,
-                clinical: str | Path | None = None, *, show_progress: bool | None = None) -> Cohort:
+                clinical: str | Path | None = None, *, show_progress: bool | None = None,
+                clinical_schema: tuple | None = None) -> Cohort:
     """Index the cohort under ``path``: DICOM (any layout) and/or NIfTI folders, plus the
     clinical table (``clinical`` or ``clinical.csv``/``.xlsx`` found in ``path``).
 
@@ -153,6 +154,7 @@ def load_cohort(path: str | Path, config: CohortConfig | None = None,
     ``manifest["skipped"]`` and left out of ``patient_ids``. A clinical table with bad cells
     raises ``ClinicalTableError`` listing every bad cell (with ``skip_bad`` only a missing
     column or an unreadable table still raises; patients with bad cells are skipped).
+    ``clinical_schema`` replaces the clinical schema (e.g. ``clinical.relaxed_schema``'s).
     """
     config = config or CohortConfig()
     root = Path(path)
@@ -176,10 +178,11 @@ def load_cohort(path: str | Path, config: CohortConfig | None = None,
     table_path = Path(clinical) if clinical is not None else clin.find_clinical_table(root)
     clinical_problems: list[dict] = []
     if table_path is not None:
+        kw = {"schema": clinical_schema} if clinical_schema is not None else {}
         if skip:
-            table, clinical_problems = clin.load_clinical(table_path, collect=True)
+            table, clinical_problems = clin.load_clinical(table_path, collect=True, **kw)
         else:
-            table = clin.load_clinical(table_path)
+            table = clin.load_clinical(table_path, **kw)
     else:
         table = clin.empty_clinical()
     bad_clinical_ids: dict[str, list[dict]] = {}

@@ -221,3 +221,35 @@ def decision_curve(y_true, y_prob, thresholds=None) -> DecisionCurve:
     treat_all = prev - (1 - prev) * odds
     return DecisionCurve(thresholds=pt, net_benefit=nb, treat_all=treat_all,
                          treat_none=np.zeros_like(pt), prevalence=prev, n=int(n))
+
+
+RECALIBRATION_METHODS = ("intercept", "intercept+slope")
+
+
+def recalibrate(y_true, y_prob, method: str = "intercept") -> tuple[np.ndarray, dict]:
+    """Logistic recalibration of probabilities on the patients ``y_true`` belongs to.
+
+    ``intercept``: logit p' = a + logit p (calibration-in-the-large only; the ranking and the
+    slope stay). ``intercept+slope``: logit p' = b0 + b1 logit p. Returns (p', {"method", the
+    coefficients}). These are fitted on the outcomes they are then judged on: label the result so.
+    """
+    if method not in RECALIBRATION_METHODS:
+        raise ValueError(f"method must be one of {RECALIBRATION_METHODS}, got {method!r}")
+    y = _checks.binary(y_true, "y_true").astype(np.float64)
+    p = _checks.probabilities(y_prob, "y_prob")
+    _checks.same_length(y_true=y, y_prob=p)
+    _checks.both_classes(y.astype(np.int8), "y_true")
+    lp = np.log(np.clip(p, _EPS, 1 - _EPS) / (1 - np.clip(p, _EPS, 1 - _EPS)))
+    if method == "intercept":
+        fit = _logistic_fit(None, y, offset=lp)
+        if fit is None:
+            raise ValueError("the recalibration intercept could not be estimated (perfect separation)")
+        a, b = float(fit[0][0]), 1.0
+    else:
+        fit = None if np.ptp(lp) == 0 else _logistic_fit(lp, y, offset=np.zeros_like(y))
+        if fit is None:
+            raise ValueError("the recalibration intercept and slope could not be estimated "
+                             "(constant predictions or perfect separation)")
+        a, b = float(fit[0][0]), float(fit[0][1])
+    new = 1.0 / (1.0 + np.exp(-(a + b * lp)))
+    return new, {"method": method, "intercept": a, "slope": b}

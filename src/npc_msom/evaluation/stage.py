@@ -39,7 +39,7 @@ from npc_msom.runtime import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-EVALUATION_FORMAT = 1
+EVALUATION_FORMAT = 2   # 2: time_to_event.csv
 OPTIMISTIC_LABEL = "optimistic (training patients included)"
 VALIDATION_LABEL = "validation patients, training cut-off"
 STAGE2 = "stage 2"
@@ -223,11 +223,12 @@ def _event_column(clinical: pd.DataFrame, candidates: tuple[str, ...]) -> str | 
 
 
 def survival_rows(sf: ScoreFile, df: pd.DataFrame, clinical: pd.DataFrame, config: Config,
-                  optimistic: bool = False) -> tuple[list[dict], list]:
+                  optimistic: bool = False, split: str = "val",
+                  population: str = VALIDATION_LABEL) -> tuple[list[dict], list]:
     """Kaplan–Meier curves and log-rank tests of DMFS and OS by risk group (low / high).
 
-    Default: validation patients, grouped by the model's training-fitted cut-off (its risk_group
-    column). ``optimistic``: every scored patient (training included), grouped by Youden's cut-off
+    Default: the ``split`` patients (validation; ``external`` in an external validation), grouped by
+    the model's training-fitted cut-off (its risk_group column), labelled ``population``. ``optimistic``: every scored patient (training included), grouped by Youden's cut-off
     chosen on those same patients, the study's analysis; its rows say so.
     Returns (rows of SURVIVAL_COLUMNS, KMPanel-ready tuples (endpoint, title, km, logrank)).
     """
@@ -242,10 +243,9 @@ def survival_rows(sf: ScoreFile, df: pd.DataFrame, clinical: pd.DataFrame, confi
         pats["risk_group"] = np.where(pats["score"].to_numpy(dtype=float) >= cut, "high", "low")
         population = OPTIMISTIC_LABEL
     else:
-        pats = scored[scored["split"] == "val"].copy()
+        pats = scored[scored["split"] == split].copy()
         c = pd.to_numeric(pats["cutoff"], errors="coerce").dropna()
         cut = float(c.iloc[0]) if len(c) else math.nan
-        population = VALIDATION_LABEL
     missing = [p for p in pats["patient_id"] if p not in clinical.index]
     if missing:
         raise InputError("a scored patient has no row in the run's clinical table", patient=missing[0],
@@ -290,6 +290,51 @@ def survival_rows(sf: ScoreFile, df: pd.DataFrame, clinical: pd.DataFrame, confi
         rows.append(row)
         panels.append((endpoint, title, km, lr))
     return rows, panels
+
+
+def dmfs_arrays(clinical: pd.DataFrame, patient_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """(time, event, ok, n_stage) of DMFS for ``patient_ids``: ``ok`` marks the patients with both
+    a time and an event (dmfs_event, else msom); raises InputError naming a patient without a row."""
+    _, time_col, event_cols, _ = ENDPOINTS[0]
+    ids = list(patient_ids)
+    missing = [p for p in ids if p not in clinical.index]
+    if missing:
+        raise InputError("a scored patient has no row in the clinical table", patient=missing[0],
+                         expected="every scored patient, with dmfs_months and msom")
+    ev_col = _event_column(clinical, event_cols)
+    if time_col not in clinical.columns or ev_col is None:
+        raise InputError(f"the clinical table has no {time_col} or {'/'.join(event_cols)} column",
+                         expected="dmfs_months and msom (or dmfs_event) for the time-to-event view")
+    sub = clinical.loc[ids, [time_col, ev_col]].apply(pd.to_numeric, errors="coerce")
+    ok = sub.notna().all(axis=1).to_numpy()
+    n_stage = (clinical.loc[ids, "n_stage"].astype(str).tolist() if "n_stage" in clinical.columns
+               else [""] * len(ids))
+    return sub[time_col].to_numpy(dtype=float), sub[ev_col].fillna(0).to_numpy(dtype=int), ok, n_stage
+
+
+def time_to_event_rows(named: list[tuple[str, str, pd.DataFrame]], clinical: pd.DataFrame, population: str,
+                       level: float = 0.95) -> list[dict]:
+    """Rows of TIME_TO_EVENT_COLUMNS: for each (key, label, scores with patient_id and score) the
+    DMFS Cox per SD (alone and with N stage), cox.zph, Harrell's and Uno's C, time-dependent AUC."""
+    from npc_msom.survival.timedep import score_survival, time_to_event_row
+
+    rows = []
+    for key, label, df in named:
+        d = df[np.isfinite(df["score"].to_numpy(dtype=float))]
+        try:
+            t, e, ok, ns = dmfs_arrays(clinical, d["patient_id"])
+        except InputError as exc:
+            rows.append({"key": key, "label": label, "population": population, "endpoint": "DMFS",
+                         "note": f"not run: {exc}"})
+            continue
+        s = d["score"].to_numpy(dtype=float)[ok]
+        v = score_survival(t[ok], e[ok], s, n_stage=[n for n, k in zip(ns, ok) if k], endpoint="DMFS", level=level)
+        row = time_to_event_row(v, key=key, label=label, population=population)
+        if not ok.all():
+            row["note"] = "; ".join(x for x in (f"{int((~ok).sum())} patient(s) without DMFS left out",
+                                                row["note"]) if x)
+        rows.append(row)
+    return rows
 
 
 def _km_figure(panels: list, path: Path, config: Config, heading: str) -> list[Path]:
@@ -511,11 +556,19 @@ def evaluation_stage(config: Config, run_dir: str | Path, force: bool = False) -
     survival = pd.DataFrame(surv_rows, columns=list(SURVIVAL_COLUMNS))
     write_text_atomic(out_dir / "survival.csv", _csv(survival))
 
-    artifacts = ["evaluation/table3.csv", "evaluation/survival.csv"]
+    # the time-to-event view of the main models' scores (validation patients, DMFS)
+    from npc_msom.survival.timedep import TIME_TO_EVENT_COLUMNS
+    tte = pd.DataFrame(time_to_event_rows([(k, by_key[k].label, _validation(tables[k])) for k in _main_keys(files)],
+                                          clinical, VALIDATION_LABEL, level=ec.level),
+                       columns=list(TIME_TO_EVENT_COLUMNS))
+    write_text_atomic(out_dir / "time_to_event.csv", _csv(tte))
+
+    artifacts = ["evaluation/table3.csv", "evaluation/survival.csv", "evaluation/time_to_event.csv"]
     artifacts += [f[k] for f in figures.values() for k in ("png", "svg")]
     result = {"settings": settings, "artifacts": artifacts, "figures": figures,
               "survival_model": surv_key, "main_models": _main_keys(files), "calibration": cal_summary,
               "table3": table3.to_dict(orient="records"), "survival": survival.to_dict(orient="records"),
+              "time_to_event": tte.to_dict(orient="records"),
               "notes": notes}
     result = jsonable(result)
     write_json_atomic(summary_path, result)

@@ -192,6 +192,26 @@ def _survival_rows(df: pd.DataFrame) -> list[dict]:
     return out
 
 
+TIME_TO_EVENT_HEADER = ("Model", "n (events)", "HR per SD (95% CI)", "p", "PH test p",
+                        "HR per SD with N stage (95% CI)", "p", "Harrell's C", "Uno's C",
+                        "AUC 12 mo", "AUC 24 mo", "AUC 36 mo", "Note")
+
+
+def time_to_event_cells(df: pd.DataFrame | None) -> list[list[str]]:
+    """The time-to-event table's cells (TIME_TO_EVENT_HEADER order) from time_to_event.csv rows."""
+    if df is None or df.empty:
+        return []
+    out = []
+    for r in df.to_dict(orient="records"):
+        n = f"{int(r['n'])} ({int(r['events'])})" if _finite(r.get("n")) and _finite(r.get("events")) else "-"
+        out.append([str(r.get("label", r.get("key", ""))), n,
+                    fmt_ci(r["hr_per_sd"], r["hr_ci_low"], r["hr_ci_high"], 2), fmt_p(r["hr_p"]), fmt_p(r["ph_p"]),
+                    fmt_ci(r["adj_hr_per_sd"], r["adj_hr_ci_low"], r["adj_hr_ci_high"], 2), fmt_p(r["adj_hr_p"]),
+                    fmt(r["harrell_c"]), fmt(r["uno_c"]), fmt(r["auc_12m"]), fmt(r["auc_24m"]), fmt(r["auc_36m"]),
+                    r["note"] if isinstance(r.get("note"), str) else ""])
+    return out
+
+
 def _cv_section(run_dir: Path) -> list[dict]:
     out = []
     for source, path in (("stage 2", run_dir / "prediction" / "cv" / "cv_metrics.json"),
@@ -305,6 +325,7 @@ def build_report(run_dir: str | Path) -> Path:
     evaluation = _read_json(run_dir / "evaluation" / "evaluation.json")
     table3_df = _read_csv(run_dir / "evaluation" / "table3.csv")
     survival_df = _read_csv(run_dir / "evaluation" / "survival.csv")
+    time_to_event = time_to_event_cells(_read_csv(run_dir / "evaluation" / "time_to_event.csv"))
     figures: dict = {name: None for name in FIGURE_ORDER}   # the template asks for each by name
     captions = {"figure3": "Figure 3. ROC curves on the validation patients: each panel's stage-2 model (first "
                            "curve) with its comparison model(s); legends give AUC (95% CI).",
@@ -344,6 +365,7 @@ def build_report(run_dir: str | Path) -> Path:
         "evaluation_notes": (evaluation or {}).get("notes", []), "figures": figures,
         "survival": survival, "survival_label": surv_label, "optimistic_label": OPTIMISTIC_LABEL,
         "rate_months": ((config or {}).get("evaluation") or {}).get("survival_time_months", 36),
+        "time_to_event": time_to_event, "time_to_event_header": TIME_TO_EVENT_HEADER,
         "calibration": calibration_rows, "comparison": _comparison_section(run_dir), "cv": _cv_section(run_dir),
         "methods": methods_text(config, env),
     }
