@@ -81,6 +81,30 @@ def test_run_end_to_end_then_killed_during_detection_and_resumed(synth_cohort_di
     res = _chrome._render((run / "report.html").read_text(), tmp_path, "e2e")
     assert res["imgs"] and all(i["width"] > 0 for i in res["imgs"]), res["imgs"]
     assert len(res["tables"]) >= 4 and not res["errors"]
+    assert "time-to-event-table" in res["tables"]
+
+    # external validation of the frozen run on a second cohort written with another seed
+    import dataclasses
+
+    from npc_msom.config import load_config
+    from npc_msom.synth import write_cohort
+    from npc_msom.runtime import file_digest
+    other = tmp_path / "other_hospital"
+    write_cohort(other, dataclasses.replace(load_config(None).synth, patients=5, seed=23, workers=1))
+    before = {str(p.relative_to(run)): file_digest(p) for p in sorted(run.rglob("*")) if p.is_file()}
+    ext = tmp_path / "external"
+    assert main(["validate", "--run", str(run), "--cohort", str(other), "--out", str(ext),
+                 "--recalibrate", "intercept+slope"]) == 0
+    assert str(ext / "report.html") in capsys.readouterr().out
+    assert {str(p.relative_to(run)): file_digest(p) for p in sorted(run.rglob("*")) if p.is_file()} == before
+    vs = json.loads((ext / "summary.json").read_text())
+    assert vs["n_scored"] == 5 and vs["excluded_overlap"] == []     # same PatientIDs, other images
+    assert {"CE-T1WI/fusion", "CE-T1WI/patient", "combined/mean"} <= set(vs["models"])
+    for rel in ("survival.csv", "time_to_event.csv", "CE-T1WI/fusion/metrics.json"):
+        assert (ext / rel).is_file(), rel
+    res = _chrome._render((ext / "report.html").read_text(), tmp_path, "external")
+    assert not res["errors"] and res["imgs"] and all(i["width"] > 0 for i in res["imgs"]), res
+    assert {"external-models", "external-time-to-event", "external-survival"} <= set(res["tables"])
 
     # a second run killed in its detector's second epoch, then started again
     import npc_msom.detection.train as train_mod

@@ -174,7 +174,10 @@ def _headline(run_dir: Path, stages: dict) -> str:
 
 
 def cmd_validate(args) -> int:
+    from npc_msom.runtime import setup_logging
     from npc_msom.validate import validate_cohort
+    # the validation's own log (and never the validated run's log.txt, which stays untouched)
+    setup_logging(log_file=Path(args.out) / "log.txt")
     s = validate_cohort(args.run, args.cohort, args.out, clinical=args.clinical, skip_bad=args.skip_bad,
                         allow_overlap=args.allow_overlap, recalibrate=args.recalibrate, device=args.device)
     for k, v in s["models"].items():
