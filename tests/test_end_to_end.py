@@ -104,7 +104,11 @@ def test_run_end_to_end_then_killed_during_detection_and_resumed(synth_cohort_di
         assert (ext / rel).is_file(), rel
     res = _chrome._render((ext / "report.html").read_text(), tmp_path, "external")
     assert not res["errors"] and res["imgs"] and all(i["width"] > 0 for i in res["imgs"]), res
-    assert {"external-models", "external-time-to-event", "external-survival"} <= set(res["tables"])
+    assert {"external-models", "external-time-to-event", "external-survival", "external-comparison-models",
+            "external-delong"} <= set(res["tables"])
+    assert set(vs["comparison_models"]) == {"baselines/clinical/all", "baselines/n_stage/all",
+                                            "baselines/largest_slice/CE-T1WI"}
+    assert any(r["stage2_model"] == "fusion" and r["baseline"] == "clinical" for r in vs["comparison"])
 
     # a second run killed in its detector's second epoch, then started again
     import npc_msom.detection.train as train_mod

@@ -34,8 +34,11 @@ calibration figure and, with ``recalibrate``, the main models recalibrated on th
 (labelled: fitted on its outcomes). A clinical table without a predictor column scores every model
 that does not need it (the fusion models are left out and listed).
 
-Not yet here (issue 20): the comparison models (baselines) on the external cohort, and DeLong
-against them.
+The run's comparison models (``baselines/``: clinical, N stage, largest slice, radiomics) are
+scored frozen as well (``npc_msom.baselines.external``), into ``<out>/baselines/<model>/<seq|all>/``,
+and ``comparison.csv`` holds the DeLong test of every stage-2 model against every comparison model
+on the external patients both scored (the run's pairing rule); each stage-2 model's metrics.json
+carries its rows.
 """
 from __future__ import annotations
 
@@ -63,7 +66,8 @@ def run_models_digest(run_dir: Path) -> str:
     h = hashlib.sha256()
     files = [run_dir / "config.yaml"]
     files += sorted((run_dir / "detection").glob("*/checkpoint_last.pt"))
-    for pattern in ("prediction/*/*/checkpoint.pt", "prediction/*/*/model.json", "prediction/*/*/metrics.json"):
+    for pattern in ("prediction/*/*/checkpoint.pt", "prediction/*/*/model.json", "prediction/*/*/metrics.json",
+                    "baselines/*/*/checkpoint.pt", "baselines/*/*/selection.json", "baselines/*/*/metrics.json"):
         files += sorted(run_dir.glob(pattern))
     for f in files:
         h.update(str(f.relative_to(run_dir)).encode())
@@ -172,6 +176,8 @@ def validate_cohort(run_dir: str | Path, cohort_dir: str | Path, out_dir: str | 
     run = read_run(run_dir)
     cfg = run.config
     digest = run_models_digest(run_dir)
+    from npc_msom.baselines.external import load_baselines, radiomics_scores, slice_scores, table_scores  # noqa: PLC0415
+    frozen = load_baselines(cfg, run_dir, device)
     ccfg = dataclasses.replace(cfg.cohort, skip_bad=bool(skip_bad or cfg.cohort.skip_bad), required_sequences=())
     # a predictor column the table lacks rules out only the models that use it (checked below)
     table_path = Path(clinical) if clinical is not None else find_clinical_table(Path(cohort_dir))
@@ -232,6 +238,9 @@ def validate_cohort(run_dir: str | Path, cohort_dir: str | Path, out_dir: str | 
             log.warning("skipped: %s", e)
             continue
         records[pid] = _patient_record(pred)
+        base_row = table.loc[[pid]] if all(c in table.columns for c in frozen.clinical_columns) else None
+        for seq, sp in pred.sequences.items():
+            records[pid].update(slice_scores(frozen, seq, sp.volume, base_row, device=device))
         is_same = pid in collisions and _same_images(run_dir, pred, pid)
         if digests is None:
             digests = run_pixel_digests(run_dir)
@@ -259,11 +268,23 @@ def validate_cohort(run_dir: str | Path, cohort_dir: str | Path, out_dir: str | 
         raise InputError("no patient of the external cohort could be scored", file=Path(cohort_dir),
                          expected="at least one patient with a series of a sequence the run trained")
 
+    scored_ids = list(records)
+    extra = table_scores(frozen, table, scored_ids)
+    extra.update(radiomics_scores(frozen, cohort, scored_ids, work / "radiomics"))
+    for key, per_patient in extra.items():
+        for pid, rec in per_patient.items():
+            records[pid][key] = rec
     models = sorted({k for r in records.values() for k in r})
-    results = {}
+    results, baselines = {}, {}
     for key in models:
-        where, model = key.split("/")
-        results[key] = _write_model(run_dir, out_dir / where / model, where, model, records, table)
+        if key.startswith(BASELINES + "/"):
+            _, model, where = key.split("/")
+            baselines[key] = _write_model(run_dir, run_dir / key, out_dir / key, key, where, model, records, table)
+        else:
+            where, model = key.split("/")
+            results[key] = _write_model(run_dir, run_dir / "prediction" / where / model, out_dir / where / model, key,
+                                        where, model, records, table)
+    comparison = _comparison(cfg, out_dir, results, baselines)
     from npc_msom.evaluation._result import jsonable  # noqa: PLC0415
     views = jsonable(_outcome_views(cfg, out_dir, results, table, recalibrate))
     summary = {"run": str(run_dir.resolve()), "run_digest": digest, "cohort": str(Path(cohort_dir).resolve()),
@@ -276,24 +297,29 @@ def validate_cohort(run_dir: str | Path, cohort_dir: str | Path, out_dir: str | 
                "models": {k: {"internal_auc": v["internal"], "external_auc": (v["metrics"].get("auc") or {}),
                               "calibration": v["metrics"].get("calibration"), "n_scored": v["metrics"]["n_scored"]}
                           for k, v in results.items()},
+               "comparison_models": {k: {"internal_auc": v["internal"], "external_auc": (v["metrics"].get("auc") or {}),
+                                         "n_scored": v["metrics"]["n_scored"]} for k, v in baselines.items()},
+               "comparison_models_not_scored": dict(sorted(frozen.notes.items())),
+               "comparison": jsonable(comparison),
                "seconds": round(time.perf_counter() - t0, 2)}
     write_json_atomic(out_dir / "summary.json", summary)
     write_text_atomic(out_dir / "report.html", _report(summary, out_dir))
     return summary
 
 
-def _write_model(run_dir: Path, out: Path, where: str, model: str, records: dict, clinical: pd.DataFrame) -> dict:
-    """patient_scores.csv and metrics.json of one model: the external rows, with the cut-off
-    refitted from the run's stored training scores exactly as stage 2 fitted it."""
+def _write_model(run_dir: Path, internal_path: Path, out: Path, key: str, where: str, model: str, records: dict,
+                 clinical: pd.DataFrame) -> dict:
+    """patient_scores.csv and metrics.json of one model (``key`` in the records; ``internal_path``
+    its folder in the run): the external rows, with the cut-off refitted from the run's stored
+    training scores exactly as the stage fitted it."""
     from npc_msom.prediction.scores import model_metrics, patient_table, read_scores  # noqa: PLC0415
-    internal_path = run_dir / "prediction" / where / model
     internal = json.loads((internal_path / "metrics.json").read_text()) if (internal_path / "metrics.json").is_file() else {}
     train = read_scores(internal_path / "patient_scores.csv") if (internal_path / "patient_scores.csv").is_file() \
         else pd.DataFrame(columns=["patient_id", "split", "score", "label", "note"])
     train = train[train["split"] == "train"]
-    ext = [p for p in records if f"{where}/{model}" in records[p]]
-    scores = [float(records[p][f"{where}/{model}"]["score"]) for p in ext]
-    notes = [records[p][f"{where}/{model}"].get("note", "") for p in ext]
+    ext = [p for p in records if key in records[p]]
+    scores = [float(records[p][key]["score"]) for p in ext]
+    notes = [records[p][key].get("note", "") for p in ext]
     labels = clinical.loc[ext, "msom"].astype(int).to_numpy()
     cutoff = internal.get("risk_cutoff")
     df = patient_table(list(train["patient_id"]) + ext, ["train"] * len(train) + [SPLIT] * len(ext),
@@ -303,7 +329,7 @@ def _write_model(run_dir: Path, out: Path, where: str, model: str, records: dict
     metrics = model_metrics(df, evaluate_on=SPLIT, model=model, sequence=where,
                             extra={"validation": "external", "run": str(run_dir.resolve()),
                                    "internal_validation_auc": (internal.get("auc") or {}),
-                                   "cutoff_source": "the run's stage-2 risk_cutoff (Youden on its training patients)"})
+                                   "cutoff_source": "the run's risk_cutoff (Youden on its training patients)"})
     ext_df = df[df["split"] == SPLIT]
     write_text_atomic(out / "patient_scores.csv", ext_df.to_csv(index=False, float_format="%.6g"))
     write_json_atomic(out / "metrics.json", metrics)
@@ -312,6 +338,31 @@ def _write_model(run_dir: Path, out: Path, where: str, model: str, records: dict
 
 
 EXTERNAL_LABEL = "external cohort, the run's training cut-off"
+BASELINES = "baselines"
+
+
+def _comparison(cfg, out_dir: Path, results: dict, baselines: dict) -> pd.DataFrame:
+    """comparison.csv: DeLong of every stage-2 model against every comparison model (the run's
+    pairing rule) on the external patients both scored; each stage-2 metrics.json gets its rows."""
+    from npc_msom.baselines.comparison import COMPARISON_COLUMNS, compared, paired_delong  # noqa: PLC0415
+    from npc_msom.evaluation._result import jsonable  # noqa: PLC0415
+    rows = []
+    for key, r in results.items():
+        mine = []
+        for bkey, b in baselines.items():
+            if not compared(r["where"], b["where"]):
+                continue
+            row = {"stage2_sequence": r["where"], "stage2_model": r["model"], "baseline": b["model"],
+                   "baseline_sequence": b["where"]}
+            row.update(paired_delong(r["scores"], b["scores"], level=cfg.evaluation.level, a_file=r["path"],
+                                     b_file=b["path"], split=SPLIT))
+            mine.append(row)
+        rows += mine
+        r["metrics"]["delong_vs_comparison"] = jsonable(mine)
+        write_json_atomic(Path(r["path"]).parent / "metrics.json", r["metrics"])
+    df = pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
+    write_text_atomic(out_dir / "comparison.csv", df.to_csv(index=False, float_format="%.6g"))
+    return df.to_dict(orient="records")
 
 
 def _outcome_views(cfg, out_dir: Path, results: dict, table: pd.DataFrame, recalibrate: str | None) -> dict:
@@ -431,6 +482,17 @@ def _report(summary: dict, out_dir: Path) -> str:
             cls = ' class="recalibrated"' if name.endswith("recalibrated") else ""
             figs.append(f'<figure{cls} id="figure-{name}"><img src="{_data_uri(out_dir / f["png"])}" alt="{name}">'
                         f'<figcaption>{html.escape(f["caption"])}</figcaption></figure>')
+    base_cells = [[k.split("/", 1)[1], _fmt(v["internal_auc"]), _fmt(v["external_auc"]), v["n_scored"]]
+                  for k, v in (summary.get("comparison_models") or {}).items()]
+    base_cells += [[k.split("/", 1)[1], "not scored", why, ""]
+                   for k, why in (summary.get("comparison_models_not_scored") or {}).items()]
+
+    def p_text(p):
+        return "n/a" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
+    delong_cells = [[f"{r['stage2_sequence']}/{r['stage2_model']}", f"{r['baseline']}/{r['baseline_sequence']}",
+                     r["n"], num(r.get("auc_stage2")), num(r.get("auc_baseline")), num(r.get("auc_diff")),
+                     f"{num(r.get('diff_ci_low'))} to {num(r.get('diff_ci_high'))}", p_text(r.get("p_value")),
+                     r.get("note") or ""] for r in summary.get("comparison") or []]
     recal = summary.get("recalibration") or {}
     recal_rows = [[k, v["method"], num(v["intercept"]), num(v["slope"]), num(v["brier"])]
                   for k, v in (recal.get("models") or {}).items()]
@@ -449,6 +511,13 @@ Nothing was refitted on these patients: the cut-offs, encoders and models are th
 <th>n external</th><th>calibration intercept</th><th>calibration slope</th><th>Brier</th></tr>
 {''.join(rows)}
 </table>
+<h2>The comparison models on the external cohort</h2>
+<p>The run's comparison models, frozen as the run stored them (nothing refitted).</p>
+{table("external-comparison-models", ("Model", "internal validation AUC (95% CI)", "external AUC (95% CI, DeLong)",
+                                      "n external"), base_cells) if base_cells else '<p>The run has no comparison models.</p>'}
+{('<h3>DeLong tests, stage 2 against the comparison models (external patients both scored)</h3>'
+  + table("external-delong", ("Stage-2 model", "Comparison model", "n", "AUC stage 2", "AUC comparison",
+                              "Difference", "95% CI", "p", "Note"), delong_cells)) if delong_cells else ''}
 <h2>The risk score over time (DMFS, external cohort)</h2>
 <p>Cox models of MSOM-free survival on each score per SD, alone and with N stage (ordinal N0&ndash;N3); PH test: R
 <code>cox.zph</code>'s score test; Uno's C truncated at the last of 12/24/36 months within follow-up; cumulative /

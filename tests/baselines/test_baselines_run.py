@@ -47,6 +47,8 @@ def test_every_model_scores_every_validation_patient_and_reruns_only_what_change
     n_map = {"N0": 0, "N1": 1, "N2": 2, "N3": 3}
     assert n_stage["score"].tolist() == [n_map[bl_cohort.clinical.loc[p, "n_stage"]] for p in n_stage["patient_id"]]
 
+    _frozen_models_give_the_runs_scores(bl_run, bl_config, bl_cohort)
+
     before = {p: p.stat().st_mtime_ns for p in (bl_run / "baselines").rglob("metrics.json")}
     again = run_baselines(bl_config, bl_run, bl_cohort)
     assert all(s["status"] == "up to date" for per in again.values() for s in per.values())
@@ -157,3 +159,44 @@ def test_patient_without_gtv_slice_keeps_its_row_with_the_reason(bl_run, bl_conf
     assert df.loc[victim, "risk_group"] == ""
     m = json.loads((d / "metrics.json").read_text())
     assert m["n_scored"] == m["n_patients"] - 1 and victim in m["not_scored"]
+
+
+def _frozen_models_give_the_runs_scores(run, config, cohort):
+    """Every comparison model rebuilt from the run folder alone (npc-msom validate's path: stored
+    weights, encoders and selections; the largest slice chosen again from the patient's own
+    volume) gives each patient the score the baselines stage gave it."""
+    from npc_msom.baselines.external import load_baselines, radiomics_scores, slice_scores, table_scores
+    from npc_msom.preprocess.volume import preprocess_volume
+    fb = load_baselines(config, run)
+    assert fb.notes == {}
+    assert set(fb.keys) == {f"baselines/{m}/{s}" for m, seqs in (("clinical", ("all",)), ("n_stage", ("all",)),
+                            ("largest_slice", ("T1WI", "T2WI", "CE-T1WI")),
+                            ("largest_slice_fusion", ("T1WI", "T2WI", "CE-T1WI")),
+                            ("radiomics", ("T1WI", "T2WI", "CE-T1WI"))) for s in seqs}
+    ids = list(cohort.patient_ids)
+    got = table_scores(fb, cohort.clinical, ids)
+    # the run's own feature cache: this checks the rebuilt selection and model, not the extraction
+    got.update(radiomics_scores(fb, cohort, ids, run / "baselines" / "radiomics" / "cache"))
+    for pid in ids:
+        patient = cohort.load_patient(pid)
+        for seq, series in patient.series.items():
+            for k, v in slice_scores(fb, seq, preprocess_volume(series, config.preprocess),
+                                     cohort.clinical.loc[[pid]]).items():
+                got.setdefault(k, {})[pid] = v
+    assert set(got) == set(fb.keys)
+    for key, per in got.items():
+        theirs = read_scores(run / key / "patient_scores.csv").set_index("patient_id")
+        mine = np.array([per[p]["score"] for p in theirs.index])
+        np.testing.assert_allclose(mine, theirs["score"].to_numpy(float), atol=1e-5, err_msg=key)
+    # a run made before the weights were kept: named, not scored
+    (run / "baselines" / "largest_slice" / "T2WI" / "checkpoint.pt").rename(run / "kept.pt")
+    try:
+        fb2 = load_baselines(config, run)
+        assert "baselines/largest_slice/T2WI" not in fb2.keys
+        assert "rerun the baselines stage" in fb2.notes["baselines/largest_slice/T2WI"]
+    finally:
+        (run / "kept.pt").rename(run / "baselines" / "largest_slice" / "T2WI" / "checkpoint.pt")
+    # features extracted another way (another parameter file or PyRadiomics) are refused, not scored
+    fb.radiomics_key = "0" * 16
+    assert radiomics_scores(fb, cohort, ids, run / "baselines" / "radiomics" / "cache") == {}
+    assert all("not the run's" in fb.notes[k] for k in fb.radiomics)

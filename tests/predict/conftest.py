@@ -27,7 +27,12 @@ TRAINED = ("T1WI", "T2WI")
 @pytest.fixture(scope="module")
 def run_config(small_config):
     tiny = tiny_prediction_config()
-    return dataclasses.replace(small_config, device="cpu", detection=tiny.detection, prediction=tiny.prediction)
+    # the comparison models at test size (run by the validate tests' run_with_baselines)
+    baselines = dataclasses.replace(small_config.baselines, sequences=("T1WI",), slice_epochs=1, slice_size=32,
+                                    radiomics_params="radiomics_demo.yaml", radiomics_workers=1,
+                                    radiomics_cv_folds=2, radiomics_cs=5)
+    return dataclasses.replace(small_config, device="cpu", detection=tiny.detection, prediction=tiny.prediction,
+                               baselines=baselines)
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,24 @@ def _digests(run):
     return {str(p.relative_to(run)): file_digest(p) for p in sorted(run.rglob("*")) if p.is_file()}
 
 
+@pytest.fixture(scope="module")
+def run_with_baselines(trained_run, run_config, tmp_path_factory):
+    """trained_run with every comparison model on T1WI (config.yaml's baselines settings)."""
+    from npc_msom.baselines import run_baselines
+    root = tmp_path_factory.mktemp("with_baselines") / "run"
+    shutil.copytree(trained_run, root)
+    run_baselines(run_config, root)
+    return root
+
+
+BASELINE_KEYS = ("baselines/clinical/all", "baselines/n_stage/all", "baselines/largest_slice/T1WI",
+                 "baselines/largest_slice_fusion/T1WI", "baselines/radiomics/T1WI")
+
+
 @pytest.mark.slow
-def test_run_validated_on_its_own_cohort_gives_the_runs_scores_and_refits_nothing(trained_run, synth_cohort_dir,
-                                                                                  tmp_path, capsys):
+def test_run_validated_on_its_own_cohort_gives_the_runs_scores_and_refits_nothing(run_with_baselines,
+                                                                                  synth_cohort_dir, tmp_path, capsys):
+    trained_run = run_with_baselines
     before = _digests(trained_run)
     out = tmp_path / "ext"
     assert main(["validate", "--run", str(trained_run), "--cohort", str(synth_cohort_dir), "--out", str(out),
@@ -43,6 +58,7 @@ def test_run_validated_on_its_own_cohort_gives_the_runs_scores_and_refits_nothin
     html = (out / "report.html").read_text()
     assert "<h1>External validation</h1>" in html and "internal validation AUC" in html
     _check_outcome_views(out, synth_cohort_dir, summary, html)
+    _check_comparison_models(out, trained_run, summary, html)
 
     # resumable: a second call reuses every patient's cached scores
     import npc_msom.predict as predict_mod
@@ -56,6 +72,41 @@ def test_run_validated_on_its_own_cohort_gives_the_runs_scores_and_refits_nothin
                      "--allow-overlap", "--device", "cpu"]) == 0
     finally:
         mp.undo()
+
+
+def _check_comparison_models(out, run, summary, html):
+    """The comparison models, rebuilt from what the run stored, give the run's own scores; the
+    DeLong table pairs them with stage 2 as the run's comparison.csv does."""
+    from npc_msom.baselines.comparison import compared, paired_delong
+    assert summary["comparison_models_not_scored"] == {}
+    assert set(summary["comparison_models"]) == set(BASELINE_KEYS)
+    for key in BASELINE_KEYS:
+        mine = read_scores(out / key / "patient_scores.csv").set_index("patient_id")
+        theirs = read_scores(run / key / "patient_scores.csv").set_index("patient_id")
+        assert set(mine.index) == set(theirs.index), key
+        a, b = mine["score"].to_numpy(float), theirs.loc[mine.index, "score"].to_numpy(float)
+        assert np.array_equal(np.isfinite(a), np.isfinite(b)), key
+        assert np.isfinite(a).sum() >= 5, key                      # every model scored (nearly) every patient
+        assert np.allclose(a[np.isfinite(a)], b[np.isfinite(b)], atol=1e-5), key
+        assert (mine["risk_group"] == theirs.loc[mine.index, "risk_group"]).all(), key
+    cmp = pd.read_csv(out / "comparison.csv")
+    pairs = {(f"{r.stage2_sequence}/{r.stage2_model}", f"baselines/{r.baseline}/{r.baseline_sequence}")
+             for r in cmp.itertuples()}
+    want = {(k, b) for k in summary["models"] for b in BASELINE_KEYS if compared(k.split("/")[0], b.split("/")[2])}
+    assert pairs == want and ("T2WI/mri", "baselines/largest_slice/T1WI") not in pairs
+    assert ("T1WI/mri", "baselines/radiomics/T1WI") in pairs and ("combined/mean", "baselines/radiomics/T1WI") in pairs
+    m = json.loads((out / "T1WI" / "mri" / "metrics.json").read_text())
+    rows = {r["baseline"] + "/" + r["baseline_sequence"]: r for r in m["delong_vs_comparison"]}
+    assert set(rows) == {"clinical/all", "n_stage/all", "largest_slice/T1WI", "largest_slice_fusion/T1WI",
+                         "radiomics/T1WI"}
+    again = paired_delong(read_scores(out / "T1WI" / "mri" / "patient_scores.csv"),
+                          read_scores(out / "baselines/clinical/all/patient_scores.csv"), split="external")
+    assert again["n"] == rows["clinical/all"]["n"] == 6
+    for k in ("auc_stage2", "auc_baseline", "p_value"):
+        assert rows["clinical/all"][k] == pytest.approx(again[k], nan_ok=True)
+    assert rows["clinical/all"]["auc_baseline"] == pytest.approx(summary["comparison_models"][
+        "baselines/clinical/all"]["external_auc"]["auc"])
+    assert 'id="external-comparison-models"' in html and 'id="external-delong"' in html
 
 
 def _check_outcome_views(out, cohort_dir, summary, html):

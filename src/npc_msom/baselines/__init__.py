@@ -26,6 +26,7 @@ from npc_msom.errors import ConfigError, InputError
 
 from .common import ALL_SEQUENCES, file_digest, frame_digest, labels_for, read_split, up_to_date, write_model
 from .comparison import compare_with_stage2, write_comparison
+from .external import CHECKPOINT
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ def _run_largest_slice(config, run_dir, seq, split, table, labels, base, *, fusi
                            pixel_std=config.detection.pixel_std, seed=config.seed)
     settings = {**base, "model": name, "sequence": seq, "train": to_dict(s), "slice_size": cfg.slice_size,
                 "coco": file_digest(*coco), **({"clinical": frame_digest(table)} if fusion else {})}
-    if up_to_date(out_dir, settings):
+    if up_to_date(out_dir, settings) and (out_dir / CHECKPOINT).is_file():
         return _summary("up to date", out_dir, 0.0)
     t0 = time.perf_counter()
     largest = largest_gtv_slices([json.loads(p.read_text()) for p in coco])
@@ -206,6 +207,13 @@ def _run_largest_slice(config, run_dir, seq, split, table, labels, base, *, fusi
                             "gtv_area_px": float(largest.loc[p, "gtv_area_px"])} for p in have}}
     if enc is not None:
         extra["clinical_encoder"] = enc.to_dict()
+    # the weights, so that ``npc-msom validate`` can score the model on another cohort
+    from npc_msom.runtime import atomic_path
+    with atomic_path(out_dir / CHECKPOINT) as tmp:
+        torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                    "n_clinical": int(clin.shape[1]), "settings": to_dict(s), "slice_size": int(cfg.slice_size),
+                    "sequence": seq, "model": name, "clinical_encoder": enc.to_dict() if enc is not None else None},
+                   tmp)
     m = write_model(out_dir, model=name, sequence=seq, split=split, scores=scores, labels=labels, notes=notes,
                     settings=settings, level=config.evaluation.level, extra=extra)
     return _summary("done", out_dir, secs, m)

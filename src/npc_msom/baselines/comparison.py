@@ -42,11 +42,12 @@ def _found(root: Path, depth_names: str) -> list[tuple[str, str, Path]]:
 
 
 def paired_delong(a: pd.DataFrame, b: pd.DataFrame, *, level: float = 0.95,
-                  a_file: str | Path = "", b_file: str | Path = "") -> dict:
-    """DeLong test of score ``a`` vs ``b`` (patient_scores tables) on the validation patients
-    both scored; a row of COMPARISON_COLUMNS' statistics (note says why a test is missing)."""
-    va = a[(a["split"] == "val") & np.isfinite(a["score"].to_numpy(dtype=float))].set_index("patient_id")
-    vb = b[(b["split"] == "val") & np.isfinite(b["score"].to_numpy(dtype=float))].set_index("patient_id")
+                  a_file: str | Path = "", b_file: str | Path = "", split: str = "val") -> dict:
+    """DeLong test of score ``a`` vs ``b`` (patient_scores tables) on the ``split`` patients
+    (validation; ``external`` for npc-msom validate) both scored; a row of COMPARISON_COLUMNS'
+    statistics (note says why a test is missing)."""
+    va = a[(a["split"] == split) & np.isfinite(a["score"].to_numpy(dtype=float))].set_index("patient_id")
+    vb = b[(b["split"] == split) & np.isfinite(b["score"].to_numpy(dtype=float))].set_index("patient_id")
     ids = sorted(set(va.index) & set(vb.index))
     y = va.loc[ids, "label"].to_numpy(dtype=int)
     yb = vb.loc[ids, "label"].to_numpy(dtype=int)
@@ -67,6 +68,12 @@ def paired_delong(a: pd.DataFrame, b: pd.DataFrame, *, level: float = 0.95,
     return row
 
 
+def compared(stage2_sequence: str, baseline_sequence: str) -> bool:
+    """Whether a stage-2 model of one sequence is tested against a comparison model of another:
+    the same sequence, a comparison model without images, or stage 2 over all sequences."""
+    return stage2_sequence == COMBINED or baseline_sequence in (stage2_sequence, ALL_SEQUENCES)
+
+
 def compare_with_stage2(run_dir: str | Path, *, level: float = 0.95, all_pairs: bool = False) -> pd.DataFrame:
     """The table of DeLong tests (COMPARISON_COLUMNS), one row per (stage-2 model, comparison model)."""
     run_dir = Path(run_dir)
@@ -82,7 +89,7 @@ def compare_with_stage2(run_dir: str | Path, *, level: float = 0.95, all_pairs: 
 
     for seq, kind, f2 in stage2:
         for model, bseq, fb in baselines:
-            if not all_pairs and seq != COMBINED and bseq not in (seq, ALL_SEQUENCES):
+            if not all_pairs and not compared(seq, bseq):
                 continue
             row = {"stage2_sequence": seq, "stage2_model": kind, "baseline": model, "baseline_sequence": bseq}
             row.update(paired_delong(table(f2), table(fb), level=level, a_file=f2, b_file=fb))

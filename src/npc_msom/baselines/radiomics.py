@@ -253,6 +253,16 @@ class RadiomicsModel:
                 "intercept": self.intercept, "mean": self.mean, "sd": self.sd, "c": self.c,
                 "cv_folds": self.cv_folds, "after_correlation": list(self.after_correlation)}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "RadiomicsModel":
+        """The model back from ``to_dict`` (selection.json); the selection steps' lists that
+        to_dict does not keep come back empty (scoring needs only the selected features)."""
+        return cls(n_features=int(data["n_features"]), after_variance=(),
+                   after_correlation=tuple(data.get("after_correlation", ())), selected=tuple(data["selected"]),
+                   coefficients={k: float(v) for k, v in data["coefficients"].items()},
+                   intercept=float(data["intercept"]), mean={k: float(v) for k, v in data["mean"].items()},
+                   sd={k: float(v) for k, v in data["sd"].items()}, c=float(data["c"]), cv_folds=int(data["cv_folds"]))
+
     def score(self, features: pd.DataFrame) -> np.ndarray:
         """(n,) P(MSOM) of feature rows; NaN where a selected feature is missing or not finite."""
         eta = np.full(len(features), self.intercept, dtype=float)

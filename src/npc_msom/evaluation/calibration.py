@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
 from . import _checks
 from ._result import ResultMixin
@@ -94,7 +94,7 @@ def _logistic_fit(x: np.ndarray | None, y: np.ndarray, offset: np.ndarray,
     beta = np.zeros(X.shape[1])
     for _ in range(max_iter):
         eta = X @ beta + offset
-        mu = 1.0 / (1.0 + np.exp(-eta))
+        mu = special.expit(eta)     # no overflow warning when separation drives eta far out
         w = mu * (1 - mu)
         info = X.T @ (X * w[:, None])
         grad = X.T @ (y - mu)

@@ -248,7 +248,6 @@ def score_survival(time, event, score, n_stage=None, endpoint: str = "DMFS",
     notes = []
     cox1 = cox2 = None
     hc = uc = math.nan
-    tau = None
     if e.sum() == 0 or not np.isfinite(sd) or sd == 0:
         notes.append("no events" if e.sum() == 0 else "the score is constant")
         return ScoreSurvival(endpoint=endpoint, n=len(t), n_events=int(e.sum()), score_sd=sd, cox_score=None,
