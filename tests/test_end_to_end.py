@@ -82,6 +82,12 @@ def test_run_end_to_end_then_killed_during_detection_and_resumed(synth_cohort_di
     assert res["imgs"] and all(i["width"] > 0 for i in res["imgs"]), res["imgs"]
     assert len(res["tables"]) >= 4 and not res["errors"]
     assert "time-to-event-table" in res["tables"]
+    # where the survival model looks: Grad-CAM of every validation patient's top slices, four shown
+    ev = json.loads((run / "evaluation" / "evaluation.json").read_text())
+    sal = ev["saliency"]
+    assert sal["model"] == "CE-T1WI/fusion" and sal["n_slices"] >= sal["n_patients"] >= 1
+    assert 0 <= sal["saliency_in_tumour"] <= 1 and -1 <= sal["randomised_weights_rank_correlation"] <= 1
+    assert "saliency-table" in res["tables"] and "evaluation/figures/saliency.png" in ev["artifacts"]
 
     # external validation of the frozen run on a second cohort written with another seed
     import dataclasses

@@ -190,7 +190,7 @@ def cmd_validate(args) -> int:
 def cmd_predict(args) -> int:
     from npc_msom.predict import predict_patient
     s = predict_patient(args.run, args.patient, args.out, clinical=args.clinical,
-                        score_threshold=args.score_threshold, device=args.device)
+                        score_threshold=args.score_threshold, device=args.device, saliency=not args.no_saliency)
     for seq, info in s["sequences"].items():
         risk = ", ".join(f"{m} {v['score']:.3f} ({v['risk_group']}, cut-off {v['cutoff']:.3f})"
                          for m, v in info["models"].items())
@@ -291,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--score-threshold", type=float, help="detections kept in the masks (default: the run's "
                     "prediction.detector_threshold)")
     sp.add_argument("--device", help="cpu, cuda, ... (default: the run's device setting)")
+    sp.add_argument("--no-saliency", action="store_true", help="skip the Grad-CAM maps of the slice models")
     sp.set_defaults(func=cmd_predict)
 
     sp = sub.add_parser("validate", help="external validation: score a whole new cohort with a trained run's "

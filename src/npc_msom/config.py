@@ -244,6 +244,9 @@ class EvaluationConfig:
     survival_time_months: float = 36.0
     # the model whose risk groups Figure 4 shows (the study's: CE-T1WI + clinical); "sequence/model"
     survival_model: str = "CE-T1WI/fusion"
+    # Grad-CAM of the survival model (a slice model) on each validation patient's highest-probability
+    # slices, for the report's "Where the model looks"; 0 = not drawn
+    saliency_slices_per_patient: int = 2
 
 
 @dataclass(frozen=True)

@@ -289,6 +289,7 @@ class SequencePrediction:
     volume: object                        # preprocess.volume.VolumeSlices
     patient_inputs: object = None         # prediction.patient.PatientInputs of the patient-level models
     mask_source: str = ""                 # where the patient-level models' masks came from
+    saliency: dict = field(default_factory=dict)   # model -> explain.explain_slices (maps on the scored slices)
 
 
 def _detect_volume(detector, images: np.ndarray, indices: list[int], device, threshold: float, classes: list[str],
@@ -334,11 +335,12 @@ def predict_sequence(run: RunModels, seq: str, series: Series, volume, models: d
                      clinical_row: pd.DataFrame | None, contour_slices: tuple[list[int], list[int]] | None,
                      device: torch.device, score_threshold: float, patient_id: str,
                      patient_models: dict | None = None, need_inputs: bool = False,
-                     detect: bool = True) -> SequencePrediction:
+                     detect: bool = True, explain: bool = False) -> SequencePrediction:
     """Detections, slice choice, slice probabilities and the patient's scores of one sequence.
 
     patient_models: {model: prediction.patient.PatientModel} of this sequence; need_inputs: compute
-    the patient-level inputs (also when only the combined patient models use this sequence)."""
+    the patient-level inputs (also when only the combined patient models use this sequence);
+    explain: the Grad-CAM maps of the slice models on the scored slices (``npc_msom.explain``)."""
     from npc_msom.detection import load_detector, select_tumour_slices  # noqa: PLC0415
     patient_models = patient_models or {}
     need_inputs = need_inputs or bool(patient_models)
@@ -346,7 +348,8 @@ def predict_sequence(run: RunModels, seq: str, series: Series, volume, models: d
     pos, neg = contour_slices or ([], [])
     if not detect and pos and pc.slices == "contours":   # contours choose the slices and make the masks
         return _score_slices(run, seq, series, volume, models, clinical_row, device, patient_id, patient_models,
-                             need_inputs, "contours", list(pos), score_threshold, [], pd.DataFrame(), {}, {})
+                             need_inputs, "contours", list(pos), score_threshold, [], pd.DataFrame(), {}, {},
+                             explain=explain)
     detector, meta = load_detector(run.detector_path(seq), device)
     if int(meta["image_size"]) != volume.images.shape[-1]:
         raise InputError(f"the {seq} detector takes {meta['image_size']} px slices, the run's preprocessing makes "
@@ -375,13 +378,14 @@ def predict_sequence(run: RunModels, seq: str, series: Series, volume, models: d
                                     score_threshold=pc.detector_threshold, labels=gtv)
         scored = sorted(candidates[i] for i in pick)   # slice order, as stage 2's table
     return _score_slices(run, seq, series, volume, models, clinical_row, device, patient_id, patient_models,
-                         need_inputs, rule, scored, score_threshold, searched, table, masks_px, model_masks)
+                         need_inputs, rule, scored, score_threshold, searched, table, masks_px, model_masks,
+                         explain=explain)
 
 
 def _score_slices(run: RunModels, seq: str, series: Series, volume, models: dict, clinical_row, device,
                   patient_id: str, patient_models: dict, need_inputs: bool, rule: str, scored: list[int],
                   score_threshold: float, searched: list[int], table: pd.DataFrame, masks_px: dict,
-                  model_masks: dict) -> SequencePrediction:
+                  model_masks: dict, explain: bool = False) -> SequencePrediction:
     """The stage-2 models on the chosen slices (``rule``: contours | detector | automatic)."""
     from npc_msom.prediction.stage import aggregate  # noqa: PLC0415
     from npc_msom.prediction.train import slice_probabilities  # noqa: PLC0415
@@ -390,13 +394,20 @@ def _score_slices(run: RunModels, seq: str, series: Series, volume, models: dict
         table = pd.DataFrame(columns=["slice_index", "z_mm", "structure", "score", "x1", "y1", "x2", "y2", "mask_px"])
     images = [volume.images[z].astype(np.float32) / 255.0 for z in scored]   # as detection.data.load_slice
     ids = np.array([patient_id] * len(scored))
-    probabilities, scores = {}, {}
+    probabilities, scores, saliency = {}, {}, {}
+    tumour = None
     for name, sm in models.items():
         clin = None
         if sm.encoder is not None:
             clin = np.repeat(sm.encoder.transform(clinical_row), len(scored), axis=0)
         probs = slice_probabilities(sm.net, images, device, clin, pc.feature_batch_size) if scored else np.zeros(0)
         probabilities[name] = probs
+        if explain and scored:
+            from npc_msom.explain import explain_slices  # noqa: PLC0415
+            if tumour is None:   # the tumour regions of the scored slices: the contours', else the detector's
+                tumour = np.stack([_tumour_px(volume, z, masks_px, rule) for z in scored])
+            saliency[name] = explain_slices(sm.net, np.stack(images), clin, probs, tumour, aggregate=pc.aggregate,
+                                            top_k=pc.top_k, device=device)
         score = aggregate(ids, probs, pc).get(patient_id, float("nan"))
         scores[name] = {"score": score, "cutoff": sm.cutoff, "cutoff_method": "youden_train (stage 2)",
                         "risk_group": ("high" if score >= sm.cutoff else "low") if np.isfinite(score) else "",
@@ -423,12 +434,30 @@ def _score_slices(run: RunModels, seq: str, series: Series, volume, models: dict
             scores[name] = {"score": score, "cutoff": pm.cutoff, "cutoff_method": "youden_train (stage 2)",
                             "risk_group": ("high" if score >= pm.cutoff else "low") if np.isfinite(score) else "",
                             "n_slices": len(scored), "masks": mask_source}
+            if explain and inputs.ids:
+                from npc_msom.explain.patient import patient_contributions  # noqa: PLC0415
+                scores[name]["contributions"] = patient_contributions(
+                    pm, [inputs], patient_id, clinical_row if pm.fusion is not None else None, pc.pooling)
     masks = {}
     for name, m in masks_px.items():
         grid = _to_series_grid(volume.to_grid(m), volume, series)
         masks[name] = grid
     return SequencePrediction(seq, rule, scored, probabilities, scores, table, searched, masks, masks_px, series,
-                              volume, inputs, mask_source)
+                              volume, inputs, mask_source, saliency)
+
+
+def _tumour_px(volume, z: int, masks_px: dict, rule: str) -> np.ndarray:
+    """bool (S, S): GTV or nodes on 1 mm plane ``z``, from the contours (``rule`` contours) else
+    from the detector's masks."""
+    if rule == "contours":
+        m = contour_slice_masks(volume, z)
+        return m["GTV"] | m["GTVln"]
+    size = volume.images.shape[-1]
+    out = np.zeros((size, size), bool)
+    for name in ("GTV", "GTVln"):
+        if name in masks_px:
+            out |= masks_px[name][z]
+    return out
 
 
 def contour_slice_masks(volume, z: int) -> dict[str, np.ndarray]:
@@ -487,13 +516,42 @@ class PatientPrediction:
                          "descriptors": _descriptors(sp), "descriptor_masks": sp.mask_source or None,
                          "models": {m: {k: (round(v, 6) if isinstance(v, float) else v) for k, v in s.items()}
                                     for m, s in sp.scores.items()},
-                         "files": _files_of(seq, self.source)}
+                         "files": {**_files_of(seq, self.source),
+                                   **{f"saliency_{m}": [f"{seq}/saliency_{m}.nii.gz", f"{seq}/saliency_{m}.png"]
+                                      for m in sp.saliency}},
+                         "saliency": _saliency_summary(sp)}
         return {"patient_id": self.patient_id, "source": self.source, "run": str(self.run_dir),
                 "clinical_file": self.clinical_file, "score_threshold": self.score_threshold,
                 "sequences": seqs, "missing_sequences": self.missing,
                 "untrained_sequences": self.untrained, "combined": self.combined,
                 "combined_patient_models": self.combined_patient,
                 "seconds": round(self.seconds, 2)}
+
+
+def _saliency_summary(sp: SequencePrediction) -> dict | None:
+    """Per slice model: each scored slice's share of the score, its probability and the fraction of
+    its Grad-CAM saliency inside the tumour regions against the fraction of the slice they cover."""
+    if not sp.saliency:
+        return None
+
+    def r(v):
+        return None if v is None or not np.isfinite(v) else round(float(v), 4)
+    out = {}
+    for model, e in sp.saliency.items():
+        rows = [{"slice_index": int(z), "z_mm": round(float(sp.volume.z_mm[z]), 2),
+                 "probability": r(sp.probabilities[model][i]), "share_of_score": r(e["shares"][i]),
+                 "saliency_in_tumour": r(e["inside"][i]), "tumour_area_share": r(e["area"][i])}
+                for i, z in enumerate(sp.scored)]
+        ok = np.isfinite(e["inside"])
+        w = e["shares"][ok]
+        out[model] = {"method": "Grad-CAM (Captum LayerGradCam) on the pooled FPN level, ReLU",
+                      "tumour_regions": "contours" if sp.slice_rule == "contours" else "detector masks",
+                      "saliency_in_tumour": r(np.average(e["inside"][ok], weights=w) if ok.any() and w.sum() > 0
+                                              else None),
+                      "tumour_area_share": r(np.average(e["area"][ok], weights=w) if ok.any() and w.sum() > 0
+                                             else None),
+                      "slices": rows}
+    return out
 
 
 def _descriptors(sp: SequencePrediction) -> dict | None:
@@ -550,23 +608,26 @@ def _combined(run: RunModels, preds: dict[str, SequencePrediction]) -> dict | No
 
 
 def predict(run_dir: str | Path, patient_dir: str | Path, clinical: str | Path | None = None, *,
-            score_threshold: float | None = None, device: torch.device | str | None = None) -> PatientPrediction:
+            score_threshold: float | None = None, device: torch.device | str | None = None,
+            saliency: bool = True) -> PatientPrediction:
     """Everything ``predict_patient`` writes, computed in memory (nothing is written)."""
     t0 = time.perf_counter()
     run = read_run(run_dir)
     pin = read_patient(patient_dir, run.config.cohort)
-    return predict_input(run, pin, clinical, score_threshold=score_threshold, device=device, t0=t0)
+    return predict_input(run, pin, clinical, score_threshold=score_threshold, device=device, t0=t0,
+                         explain=saliency)
 
 
 def predict_input(run: RunModels, pin: PatientInput, clinical: str | Path | pd.DataFrame | None = None, *,
                   score_threshold: float | None = None, device: torch.device | str | None = None,
                   detect_contoured: bool = True, t0: float | None = None,
-                  loaded: dict | None = None) -> PatientPrediction:
+                  loaded: dict | None = None, explain: bool = False) -> PatientPrediction:
     """``predict`` on a patient already read: ``clinical`` is a table file or the patient's
     validated row (a DataFrame indexed by patient_id). detect_contoured=False: a patient with
     contours whose slices and masks come from the contours (``slices: contours``) is scored without
     running the detector (``npc-msom validate``: no predicted masks are written). loaded: models
-    loaded by an earlier call (reused across the patients of a cohort)."""
+    loaded by an earlier call (reused across the patients of a cohort). explain: Grad-CAM maps
+    of the slice models (``SequencePrediction.saliency``)."""
     from npc_msom.preprocess.slices import select_slices  # noqa: PLC0415
     from npc_msom.preprocess.volume import preprocess_volume  # noqa: PLC0415
     t0 = time.perf_counter() if t0 is None else t0
@@ -636,7 +697,8 @@ def predict_input(run: RunModels, pin: PatientInput, clinical: str | Path | pd.D
         need = any(s in pm.sequences for pm in pmodels.get("combined", {}).values())
         preds[s] = predict_sequence(run, s, series, volume, models[s], clinical_row, (pos, neg), device, thr, pid,
                                     patient_models=pmodels.get(s, {}), need_inputs=need,
-                                    detect=detect_contoured or not pos or cfg.prediction.slices != "contours")
+                                    detect=detect_contoured or not pos or cfg.prediction.slices != "contours",
+                                    explain=explain)
         log.info("%s %s: %s slices, %s", pid, s, preds[s].slice_rule,
                  ", ".join(f"{m} {v['score']:.3f} ({v['risk_group']})" for m, v in preds[s].scores.items()))
     return PatientPrediction(pid, pin.source, Path(run_dir), preds, missing, run.untrained, _combined(run, preds),
@@ -731,6 +793,9 @@ def write_prediction(pred: PatientPrediction, out_dir: str | Path) -> dict:
                                    **{f"probability_{m}": p for m, p in sp.probabilities.items()}})
             _csv(slices, d / "slices.csv")
             write_overlay(pred, sp, d / "overlay.png")
+            for model in sp.saliency:
+                write_saliency_nifti(sp, model, d / f"saliency_{model}.nii.gz")
+                write_saliency_overlay(pred, sp, model, d / f"saliency_{model}.png")
             if pred.source == "dicom":
                 write_rtstruct_prediction(pred, sp, d / "RTSTRUCT_pred.dcm")
             else:
@@ -823,6 +888,61 @@ def write_nifti_prediction(sp: SequencePrediction, path: Path) -> Path:
     return path
 
 
+def write_saliency_nifti(sp: SequencePrediction, model: str, path: Path) -> Path:
+    """The model's Grad-CAM maps of the scored slices, on the series' own grid (float32, zero off
+    the scored slices), scaled so that the patient's maximum is 1."""
+    import SimpleITK as sitk  # noqa: PLC0415
+
+    from npc_msom.explain import saliency_to_grid  # noqa: PLC0415
+    maps = sp.saliency[model]["maps"]
+    top = float(maps.max()) if maps.size else 0.0
+    grid = saliency_to_grid({z: maps[i] / top if top > 0 else maps[i] for i, z in enumerate(sp.scored)},
+                            sp.volume, sp.series)
+    sitk.WriteImage(sp.series.to_sitk(grid.astype(np.float32)), str(path), useCompression=True)
+    return path
+
+
+def write_saliency_overlay(pred: PatientPrediction, sp: SequencePrediction, model: str, path: Path,
+                           max_panels: int = 4) -> Path:
+    """The slices with the largest shares of the model's score: Grad-CAM as a colour map over the
+    MR slice, contours (red) and detections (yellow GTV, blue GTVln) drawn."""
+    import matplotlib  # noqa: PLC0415
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    from npc_msom.detection.figures import CLASS_COLOURS  # noqa: PLC0415
+    e = sp.saliency[model]
+    order = np.argsort(-e["shares"], kind="stable")[:max_panels]
+    top = float(e["maps"].max()) or 1.0
+    fig, axes = plt.subplots(1, max(1, len(order)), figsize=(3.0 * max(1, len(order)), 3.6), squeeze=False)
+    for ax, i in zip(axes[0], order):
+        z = sp.scored[i]
+        ax.imshow(sp.volume.images[z], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.imshow(e["maps"][i] / top, cmap="jet", alpha=0.4, vmin=0, vmax=1, interpolation="bilinear")
+        if sp.slice_rule == "contours":
+            m = contour_slice_masks(sp.volume, z)
+            for name in ("GTV", "GTVln"):
+                if m[name].any():
+                    ax.contour(m[name].astype(float), levels=[0.5], colors=["red"], linewidths=0.8)
+        for name, mp in sp.masks_px.items():
+            if mp[z].any():
+                ax.contour(mp[z].astype(float), levels=[0.5], colors=[CLASS_COLOURS.get(name, "lime")],
+                           linewidths=0.8)
+        inside = e["inside"][i]
+        ax.set_title(f"z {sp.volume.z_mm[z]:.0f} mm, p {sp.probabilities[model][i]:.2f}\n"
+                     f"share {e['shares'][i]:.0%}, in tumour {inside:.0%}" if np.isfinite(inside) else
+                     f"z {sp.volume.z_mm[z]:.0f} mm, p {sp.probabilities[model][i]:.2f}", fontsize=7)
+        ax.axis("off")
+    for ax in axes[0][len(order):]:
+        ax.axis("off")
+    fig.suptitle(f"{pred.patient_id} {sp.sequence} {model}: Grad-CAM of the MSOM logit (slices with the largest "
+                 f"shares of the score {sp.scores[model]['score']:.2f})", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_overlay(pred: PatientPrediction, sp: SequencePrediction, path: Path, max_panels: int = 4) -> Path:
     """The slices with the strongest detections (else the scored ones), predicted GTV in yellow and
     GTVln in blue (contours in red where the patient has them), scores in the titles."""
@@ -865,8 +985,9 @@ def write_overlay(pred: PatientPrediction, sp: SequencePrediction, path: Path, m
 
 def predict_patient(run_dir: str | Path, patient_dir: str | Path, out_dir: str | Path,
                     clinical: str | Path | None = None, *, score_threshold: float | None = None,
-                    device: torch.device | str | None = None) -> dict:
+                    device: torch.device | str | None = None, saliency: bool = True) -> dict:
     """Score one new patient with a trained run and write its outputs to ``out_dir``; returns the
-    summary (summary.json). Bad input raises an InputError before anything is written."""
-    pred = predict(run_dir, patient_dir, clinical, score_threshold=score_threshold, device=device)
+    summary (summary.json). Bad input raises an InputError before anything is written.
+    saliency: the slice models' Grad-CAM maps (NIfTI on the series grid and an overlay per model)."""
+    pred = predict(run_dir, patient_dir, clinical, score_threshold=score_threshold, device=device, saliency=saliency)
     return write_prediction(pred, out_dir)

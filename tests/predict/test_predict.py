@@ -134,6 +134,41 @@ def test_run_patient_with_contours_equals_stage2(trained_run, synth_cohort_dir, 
     assert summary["sequences"]["T1WI"]["descriptors"]["gtv_volume_ml"] > 0
     assert summary["untrained_sequences"] == {"CE-T1WI": "no stage-2 model"}
     assert not list(tmp_path.glob(".out*"))     # no temporary folder left behind
+    _check_saliency(pred, summary, out)
+
+
+def _check_saliency(pred, summary, out):
+    """Grad-CAM of each slice model: a map per scored slice, the shares of the score, the NIfTI on
+    the series' own geometry with its mass on the scored planes, an overlay."""
+    import SimpleITK as sitk
+    for seq, sp in pred.sequences.items():
+        info = summary["sequences"][seq]["saliency"]
+        assert set(info) == set(sp.saliency) == {"mri", "fusion"}
+        for model, e in sp.saliency.items():
+            assert e["maps"].shape == (len(sp.scored),) + sp.volume.images.shape[1:]
+            assert (e["maps"] >= 0).all() and e["maps"].max() > 0
+            rows = info[model]["slices"]
+            assert [r["slice_index"] for r in rows] == sp.scored
+            assert sum(r["share_of_score"] for r in rows) == pytest.approx(1.0, abs=1e-3)
+            # the mean aggregation: a slice's share is its probability over the sum
+            p = sp.probabilities[model]
+            assert rows[0]["share_of_score"] == pytest.approx(p[0] / p.sum(), abs=1e-4)
+            assert all(0 <= r["tumour_area_share"] <= 1 for r in rows)
+            img = sitk.ReadImage(str(out / seq / f"saliency_{model}.nii.gz"))
+            g = sp.series.geometry
+            assert img.GetSize() == tuple(g.size)
+            assert np.allclose(img.GetOrigin(), g.origin_mm, atol=1e-4)
+            assert np.allclose(img.GetSpacing(), g.spacing_mm, atol=1e-5)
+            assert np.allclose(img.GetDirection(), g.direction, atol=1e-6)
+            arr = sitk.GetArrayFromImage(img)
+            # scaled to the patient's maximum on the slices; linear resampling onto the series only lowers it
+            assert 0.3 < arr.max() <= 1.0 + 1e-6 and arr.min() >= 0
+            assert Image.open(out / seq / f"saliency_{model}.png").size[0] > 100
+        for model in ("patient", "patient_fusion"):     # the patient-level score split by its inputs
+            c = summary["sequences"][seq]["models"][model]["contributions"]
+            logit = c["fusion"]["logit"] if model == "patient_fusion" else c["logit"]
+            assert 1 / (1 + np.exp(-logit)) == pytest.approx(sp.scores[model]["score"], abs=1e-5)
+            assert set(c["regions"]) <= {"GTV", "GTVln", "ring"} and "gtv_volume_ml" in c["burden"]
 
 
 def test_new_patient_without_contours_is_scored_automatically(trained_run, auto_pred, tmp_path):

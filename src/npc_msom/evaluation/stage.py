@@ -39,7 +39,7 @@ from npc_msom.runtime import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-EVALUATION_FORMAT = 2   # 2: time_to_event.csv
+EVALUATION_FORMAT = 3   # 2: time_to_event.csv; 3: saliency.csv
 OPTIMISTIC_LABEL = "optimistic (training patients included)"
 VALIDATION_LABEL = "validation patients, training cut-off"
 STAGE2 = "stage 2"
@@ -337,6 +337,36 @@ def time_to_event_rows(named: list[tuple[str, str, pd.DataFrame]], clinical: pd.
     return rows
 
 
+def _saliency(config: Config, run_dir: Path, out_dir: Path, files: list[ScoreFile], surv_key: str | None,
+              by_key: dict, figures: dict, notes: list[str]) -> dict | None:
+    """Where the survival model (or the first main slice model) looks on the validation patients
+    (``explain.panels``); None when switched off or no slice model has its checkpoint."""
+    from npc_msom.explain.panels import choose_model, saliency_view
+    from npc_msom.runtime import resolve_device
+    n = config.evaluation.saliency_slices_per_patient
+    key = choose_model(_main_keys(files), surv_key)
+    if n <= 0 or key is None:
+        return None
+    folder = run_dir / "prediction" / key
+    if not ((folder / "checkpoint.pt").is_file() and (folder / "slice_scores.csv").is_file()):
+        notes.append(f"saliency: {key} has no checkpoint.pt or slice_scores.csv")
+        return None
+    out = saliency_view(config, run_dir, key, out_dir, slices_per_patient=n, device=resolve_device(config.device))
+    if out.get("figure"):
+        png, svg = (Path(p) for p in out.pop("figure"))
+        inside, area = out.get("saliency_in_tumour"), out.get("tumour_area_share")
+        figures["saliency"] = {
+            "png": str(png.relative_to(run_dir)), "svg": str(svg.relative_to(run_dir)), "models": [by_key[key].label],
+            "caption": (f"Where {by_key[key].label} looks: Grad-CAM of its MSOM logit on the highest-probability slice "
+                        "of the highest- and lowest-scored MSOM and non-MSOM validation patients; contours in red. "
+                        + (f"Across {out['n_patients']} validation patients ({n} slices each), "
+                           f"{inside:.0%} of the saliency lies inside GTV and nodes, which cover {area:.0%} of "
+                           "the slice; " if inside is not None and area is not None else "")
+                        + f"rank correlation with the maps of the same network with its weights drawn again: "
+                          f"{out['randomised_weights_rank_correlation']:.2f} (Adebayo et al. 2018).")}
+    return out
+
+
 def _km_figure(panels: list, path: Path, config: Config, heading: str) -> list[Path]:
     from npc_msom.survival.figures import KMPanel, plot_km_grid
 
@@ -564,11 +594,14 @@ def evaluation_stage(config: Config, run_dir: str | Path, force: bool = False) -
     write_text_atomic(out_dir / "time_to_event.csv", _csv(tte))
 
     artifacts = ["evaluation/table3.csv", "evaluation/survival.csv", "evaluation/time_to_event.csv"]
+    saliency = _saliency(config, run_dir, out_dir, files, surv_key, by_key, figures, notes)
+    if saliency and saliency.get("n_slices"):
+        artifacts.append("evaluation/saliency.csv")
     artifacts += [f[k] for f in figures.values() for k in ("png", "svg")]
     result = {"settings": settings, "artifacts": artifacts, "figures": figures,
               "survival_model": surv_key, "main_models": _main_keys(files), "calibration": cal_summary,
               "table3": table3.to_dict(orient="records"), "survival": survival.to_dict(orient="records"),
-              "time_to_event": tte.to_dict(orient="records"),
+              "time_to_event": tte.to_dict(orient="records"), "saliency": saliency,
               "notes": notes}
     result = jsonable(result)
     write_json_atomic(summary_path, result)

@@ -133,6 +133,23 @@ class GroupRidge:
     def proba(self, blocks: Mapping[str, np.ndarray]) -> np.ndarray:
         return _sigmoid(self.logit(blocks))
 
+    def contributions(self, blocks: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Each input's part of the logit, per group: (n, p) = its scaled, standardised value times
+        its coefficient; the logit is the sum of all of them plus the intercept (a group left out
+        gives zeros)."""
+        n = len(next(iter(blocks.values())))
+        out, s = {}, 0
+        for g in self.groups:
+            k = self.widths[g]
+            w = self.weights.get(g, 1.0)
+            if w <= 0:
+                out[g] = np.zeros((n, k))
+                continue
+            z = self.scalers[g](blocks[g]) * (w / np.sqrt(max(k, 1)))
+            out[g] = z * self.coef[s:s + k]
+            s += k
+        return out
+
     def group_norms(self) -> dict[str, float]:
         """L2 norm of each group's coefficients (on the scaled inputs): how much each group is used."""
         out, s = {}, 0

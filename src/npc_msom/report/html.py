@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 OPTIMISTIC_LABEL = "optimistic (training patients included)"  # = evaluation.stage.OPTIMISTIC_LABEL
 SEQUENCES = ("T1WI", "T2WI", "CE-T1WI")
-FIGURE_ORDER = ("figure3", "calibration", "decision_curve", "figure4", "figure4_optimistic")
+FIGURE_ORDER = ("figure3", "calibration", "decision_curve", "figure4", "figure4_optimistic", "saliency")
 
 
 # ------------------------------------------------------------------------------------ formatting
@@ -107,6 +107,22 @@ def _figure(run_dir: Path, src: Path, name: str, caption: str, optimistic: bool 
 
 
 # ------------------------------------------------------------------------------------ sections
+def _saliency_section(run_dir: Path, evaluation: dict | None) -> dict | None:
+    """The rows of evaluation/saliency.csv for the patients the figure shows, and the summary."""
+    info = (evaluation or {}).get("saliency")
+    df = _read_csv(run_dir / "evaluation" / "saliency.csv")
+    if not info or df is None or df.empty:
+        return None
+    shown = df[df["shown_as"].fillna("") != ""]
+    rows = [{"why": r.shown_as, "patient": r.patient_id, "label": "MSOM" if int(r.label) else "no MSOM",
+             "score": fmt(r.score), "inside": fmt_pct(r.saliency_in_tumour, 0), "area": fmt_pct(r.tumour_area_share, 0)}
+            for r in shown.itertuples()]
+    return {"model": info.get("model"), "rows": rows, "n_patients": info.get("n_patients"),
+            "inside": fmt_pct(info.get("saliency_in_tumour"), 0), "area": fmt_pct(info.get("tumour_area_share"), 0),
+            "rho": fmt(info.get("randomised_weights_rank_correlation"), 2),
+            "per_patient": info.get("slices_per_patient")}
+
+
 
 def _cohort_section(run_dir: Path) -> dict:
     manifest = _read_json(run_dir / "cohort" / "manifest.json")
@@ -341,7 +357,8 @@ def build_report(run_dir: str | Path) -> Path:
     for name in FIGURE_ORDER:
         rec = (evaluation or {}).get("figures", {}).get(name)
         if rec:
-            fig = _figure(run_dir, run_dir / rec["png"], name, captions[name], optimistic=name.endswith("optimistic"))
+            fig = _figure(run_dir, run_dir / rec["png"], name, captions.get(name) or rec.get("caption", ""),
+                          optimistic=name.endswith("optimistic"))
             if fig:
                 figures[name] = fig
     surv_model = (evaluation or {}).get("survival_model")
@@ -366,6 +383,7 @@ def build_report(run_dir: str | Path) -> Path:
         "survival": survival, "survival_label": surv_label, "optimistic_label": OPTIMISTIC_LABEL,
         "rate_months": ((config or {}).get("evaluation") or {}).get("survival_time_months", 36),
         "time_to_event": time_to_event, "time_to_event_header": TIME_TO_EVENT_HEADER,
+        "saliency": _saliency_section(run_dir, evaluation),
         "calibration": calibration_rows, "comparison": _comparison_section(run_dir), "cv": _cv_section(run_dir),
         "methods": methods_text(config, env),
     }
