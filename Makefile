@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 COHORT ?= data/synthetic_demo
 RUN ?= runs/demo
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test test-fast bench venv clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,10 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# the inner loop: everything but the tests marked slow (CI runs them all through `make test`)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # The synthetic cohort is written (2 processes, ~2.5 min) while torch installs (~2 min of mostly
 # disk): the set-up costs the demo almost nothing on a fresh machine.
