@@ -888,6 +888,22 @@ def write_nifti_prediction(sp: SequencePrediction, path: Path) -> Path:
     return path
 
 
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (no screen needed)."""
+    import matplotlib  # noqa: PLC0415
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    return plt
+
+
+def _save_png(fig, path: Path) -> Path:
+    """The overlays' PNG (tight layout, 110 dpi); the figure is closed."""
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
 def write_saliency_nifti(sp: SequencePrediction, model: str, path: Path) -> Path:
     """The model's Grad-CAM maps of the scored slices, on the series' own grid (float32, zero off
     the scored slices), scaled so that the patient's maximum is 1."""
@@ -906,10 +922,7 @@ def write_saliency_overlay(pred: PatientPrediction, sp: SequencePrediction, mode
                            max_panels: int = 4) -> Path:
     """The slices with the largest shares of the model's score: Grad-CAM as a colour map over the
     MR slice, contours (red) and detections (yellow GTV, blue GTVln) drawn."""
-    import matplotlib  # noqa: PLC0415
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
+    plt = _pyplot()
     from npc_msom.detection.figures import CLASS_COLOURS  # noqa: PLC0415
     e = sp.saliency[model]
     order = np.argsort(-e["shares"], kind="stable")[:max_panels]
@@ -937,19 +950,13 @@ def write_saliency_overlay(pred: PatientPrediction, sp: SequencePrediction, mode
         ax.axis("off")
     fig.suptitle(f"{pred.patient_id} {sp.sequence} {model}: Grad-CAM of the MSOM logit (slices with the largest "
                  f"shares of the score {sp.scores[model]['score']:.2f})", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return _save_png(fig, path)
 
 
 def write_overlay(pred: PatientPrediction, sp: SequencePrediction, path: Path, max_panels: int = 4) -> Path:
     """The slices with the strongest detections (else the scored ones), predicted GTV in yellow and
     GTVln in blue (contours in red where the patient has them), scores in the titles."""
-    import matplotlib  # noqa: PLC0415
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
+    plt = _pyplot()
     from npc_msom.detection.figures import CLASS_COLOURS  # noqa: PLC0415
     best = sp.detections.groupby("slice_index")["score"].max().sort_values(ascending=False)
     show = list(best.index[:max_panels])
@@ -977,10 +984,7 @@ def write_overlay(pred: PatientPrediction, sp: SequencePrediction, path: Path, m
                      for m, v in sp.scores.items() if np.isfinite(v["score"]))
     fig.suptitle(f"{pred.patient_id} {sp.sequence} ({sp.slice_rule} slices): MSOM risk {risk or 'n/a'}\n"
                  f"predicted GTV yellow, GTVln blue (score >= {pred.score_threshold:g})", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return _save_png(fig, path)
 
 
 def predict_patient(run_dir: str | Path, patient_dir: str | Path, out_dir: str | Path,

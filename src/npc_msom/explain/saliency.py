@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-log = logging.getLogger(__name__)
+from npc_msom.prediction.model import SIZE_DIVISIBLE   # the network's input is padded to a multiple of it
 
-SIZE_DIVISIBLE = 32      # as prediction.model: the network's input is padded to a multiple of it
+log = logging.getLogger(__name__)
 
 
 class _LevelMap(nn.Module):
@@ -82,7 +82,7 @@ def gradcam(net, images: np.ndarray, clinical: np.ndarray | None = None, device=
             if side != size:
                 a = F.interpolate(a, size=(size, size), mode="bilinear", align_corners=False)
             out[start:start + len(x)] = a[:, 0].detach().float().cpu().numpy()
-    return np.clip(out, 0, None)
+    return out      # ReLU'd by Captum; bilinear resizing keeps it >= 0
 
 
 def slice_shares(probabilities: np.ndarray, aggregate: str = "mean", top_k: int = 1) -> np.ndarray:
